@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Train / evaluate vcm_d2 models with a detectron2 config.
+
+    python tools/train_net.py --config-file configs/synthetic/faster_rcnn_R18_slim.yaml
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+    python tools/train_net.py --config-file CFG --num-gpus 8            # one machine
+    python tools/train_net.py --config-file CFG --num-gpus 8 --num-machines 2 \
+        --machine-rank 0 --dist-url tcp://HOST:PORT                     # across machines
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import vcm_d2  # noqa: F401  (registers datasets, codecs, models)
+from vcm_d2.engine import VCMTrainer, get_vcm_cfg, register_pair_roots
+
+
+def setup(args):
+    cfg = get_vcm_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    register_pair_roots(cfg.VCM.PAIRS.ROOTS)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = VCMTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = VCMTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = VCMTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,0 +1,43 @@
+"""Config keys of vcm_d2. Every key has a default and a one-line comment.
+
+Model keys live under ``cfg.MODEL.VCM``; data/codec/evaluation keys under ``cfg.VCM``, so
+nothing silently overwrites detectron2's or another project's keys.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_vcm_config(cfg):
+    """Add the vcm_d2 keys to a detectron2 config (idempotent)."""
+    if hasattr(cfg.MODEL, "VCM"):
+        return cfg
+    _C = cfg
+
+    # ---------------------------------------------------------------- model
+    _C.MODEL.VCM = CN()
+    # Parameter-name prefixes frozen during training (requires_grad=False), e.g. ["backbone"]
+    # for a head fine-tune. Empty: train everything.
+    _C.MODEL.VCM.FREEZE = []
+    # Per-parameter learning-rate multipliers: list of [name_prefix, multiplier] pairs; the first
+    # matching prefix wins. Used for the "Ours" mode of CDRE (module-wise lr) and fine-tunes.
+    _C.MODEL.VCM.LR_MULTIPLIERS = []
+
+    # ---------------------------------------------------------------- data / codecs / eval
+    _C.VCM = CN()
+    # Solver additions (detectron2's yacs build_optimizer only knows SGD).
+    _C.VCM.SOLVER = CN()
+    # "SGD" (detectron2's default optimizer) or "ADAMW" (used by the slim CPU configs).
+    _C.VCM.SOLVER.OPTIMIZER = "SGD"
+
+    # Compressed pair datasets (vcm_d2.data.pairs) written by tools/compress_dataset.py.
+    _C.VCM.PAIRS = CN()
+    # Folders holding <dataset>/<codec>/q<quality>/manifest.json trees; every manifest found
+    # there is registered as "<dataset>@<codec>_q<quality>" at setup.
+    _C.VCM.PAIRS.ROOTS = []
+    # Read the original frame next to the compressed one (needed by CDRE's encoder side).
+    _C.VCM.PAIRS.LOAD_ORIGINAL = False
+
+    # Rate accounting in evaluation.
+    _C.VCM.EVAL = CN()
+    # Add bpp (from each record's "bits" plus any "side_bits" a model reports) to results.
+    _C.VCM.EVAL.REPORT_RATE = True
+    return cfg

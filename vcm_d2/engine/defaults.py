@@ -1,0 +1,32 @@
+"""Config setup shared by tools/train_net.py, the demo and tests."""
+import os
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+
+from ..config import add_vcm_config
+from ..data.pairs import register_pair_datasets_from_dir
+
+
+def get_vcm_cfg():
+    """detectron2's default config plus the vcm_d2 keys."""
+    return add_vcm_config(get_cfg())
+
+
+def register_pair_roots(roots):
+    """Register every compressed pair dataset found under ``roots`` (cfg.VCM.PAIRS.ROOTS).
+
+    Each root holds ``<dataset>/<codec>/q<quality>/manifest.json``; only folders named after a
+    registered base dataset are used. Returns the registered names."""
+    names = []
+    registered = set(DatasetCatalog.list())
+    for root in roots:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"VCM.PAIRS.ROOTS entry {root!r} is not a directory")
+        for base in sorted(os.listdir(root)):
+            if base in registered and os.path.isdir(os.path.join(root, base)):
+                names += register_pair_datasets_from_dir(root, base)
+    return names
+
+
+__all__ = ["get_vcm_cfg", "register_pair_roots"]

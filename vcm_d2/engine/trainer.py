@@ -1,0 +1,105 @@
+"""Trainer for vcm_d2 models: detectron2's DefaultTrainer plus freezing, per-module learning
+rates, AdamW, pair-dataset loading and rate-task evaluation."""
+import logging
+
+import torch
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from ..data.mapper import PairDatasetMapper
+from ..evaluation import build_task_evaluator
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_parameters(model: torch.nn.Module, prefixes) -> int:
+    """Set requires_grad=False on parameters whose name starts with one of ``prefixes``.
+
+    Returns the number of frozen tensors; an unknown prefix raises (a typo would otherwise
+    silently train what the user meant to freeze)."""
+    prefixes = list(prefixes)
+    hit = {p: 0 for p in prefixes}
+    for name, param in model.named_parameters():
+        for p in prefixes:
+            if name == p or name.startswith(p + "."):
+                param.requires_grad_(False)
+                hit[p] += 1
+    missing = [p for p, n in hit.items() if n == 0]
+    if missing:
+        raise ValueError(f"MODEL.VCM.FREEZE prefixes match no parameter: {missing}")
+    return sum(hit.values())
+
+
+def lr_factor_func(multipliers):
+    """Map [[prefix, factor], ...] to detectron2's ``lr_factor_func(param_name) -> float``."""
+    pairs = [(str(p), float(f)) for p, f in multipliers]
+
+    def factor(name):
+        for prefix, f in pairs:
+            if name == prefix or name.startswith(prefix + "."):
+                return f
+        return 1.0
+
+    return factor
+
+
+def build_vcm_optimizer(cfg, model):
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        lr_factor_func=lr_factor_func(cfg.MODEL.VCM.LR_MULTIPLIERS),
+    )
+    name = cfg.VCM.SOLVER.OPTIMIZER.upper()
+    if name == "SGD":
+        opt_cls, kwargs = torch.optim.SGD, dict(
+            momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
+        )
+    elif name == "ADAMW":
+        opt_cls, kwargs = torch.optim.AdamW, {}
+    else:
+        raise ValueError(f"VCM.SOLVER.OPTIMIZER must be SGD or ADAMW, got {name!r}")
+    opt_cls = maybe_add_gradient_clipping(cfg, opt_cls)
+    return opt_cls(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
+
+
+def _mapper(cfg, is_train):
+    if cfg.VCM.PAIRS.LOAD_ORIGINAL:
+        return PairDatasetMapper(cfg, is_train)
+    return DatasetMapper(cfg, is_train)
+
+
+class VCMTrainer(DefaultTrainer):
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if cfg.MODEL.VCM.FREEZE:
+            n = freeze_parameters(model, cfg.MODEL.VCM.FREEZE)
+            logger.info(f"Froze {n} parameter tensors under {list(cfg.MODEL.VCM.FREEZE)}")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_vcm_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=_mapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=_mapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_task_evaluator(cfg, dataset_name, output_folder)
+
+
+__all__ = ["VCMTrainer", "build_vcm_optimizer", "freeze_parameters", "lr_factor_func"]

@@ -1,0 +1,112 @@
+"""Rate-task evaluation: a detectron2 evaluator plus exact rate accounting.
+
+The rate of a record is the codec's ``bits`` (stored in pair-dataset records by
+tools/compress_dataset.py) plus any ``side_bits`` a model reports in its output (e.g. CDRE's
+side bitstream). bpp = all bits / all pixels of the evaluated frames.
+"""
+import os
+from collections import OrderedDict
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, SemSegEvaluator
+from detectron2.utils import comm
+
+
+class RateTaskEvaluator(DatasetEvaluator):
+    """Wrap a task evaluator and add ``results["rate"] = {"bpp", "side_bpp", "frames"}``."""
+
+    def __init__(self, task_evaluator: DatasetEvaluator, require_bits: bool = False):
+        """
+        Args:
+            task_evaluator: the evaluator that computes the task metric (AP, mIoU, ...).
+            require_bits: raise if an input has no ``bits`` (evaluating compressed data whose
+                rate was lost would report a silently wrong bpp).
+        """
+        self._task = task_evaluator
+        self._require_bits = require_bits
+        self.reset()
+
+    def reset(self):
+        self._task.reset()
+        self._bits = 0
+        self._side_bits = 0
+        self._pixels = 0
+        self._frames = 0
+        self._frames_with_bits = 0
+
+    @staticmethod
+    def _sum_bits(value):
+        if value is None:
+            return 0
+        if isinstance(value, (list, tuple)):
+            return int(sum(value))
+        return int(value)
+
+    def process(self, inputs, outputs):
+        self._task.process(inputs, outputs)
+        for inp, out in zip(inputs, outputs):
+            if "bits" in inp:
+                self._bits += self._sum_bits(inp["bits"])
+                self._frames_with_bits += 1
+            elif self._require_bits:
+                raise ValueError(f"record {inp.get('file_name')} has no 'bits' field")
+            if isinstance(out, dict) and "side_bits" in out:
+                self._side_bits += self._sum_bits(out["side_bits"])
+            frames = len(inp["file_names"]) if "file_names" in inp else 1
+            self._frames += frames
+            self._pixels += frames * int(inp["height"]) * int(inp["width"])
+
+    def evaluate(self):
+        results = self._task.evaluate()
+        totals = comm.gather(
+            (self._bits, self._side_bits, self._pixels, self._frames, self._frames_with_bits),
+            dst=0,
+        )
+        if not comm.is_main_process():
+            return {}
+        bits, side, pixels, frames, with_bits = (sum(t) for t in zip(*totals))
+        results = OrderedDict(results or {})
+        if pixels > 0:
+            rate = {"side_bpp": side / pixels, "frames": frames}
+            # A partially rated set would give a wrong bpp: report none rather than a wrong one.
+            if with_bits == frames and with_bits > 0:
+                rate["bpp"] = (bits + side) / pixels
+                rate["codec_bpp"] = bits / pixels
+            results["rate"] = rate
+        return results
+
+
+def build_task_evaluator(cfg, dataset_name, output_folder=None):
+    """The task evaluator for a dataset's ``evaluator_type``, wrapped for rate accounting."""
+    meta = MetadataCatalog.get(dataset_name)
+    evaluator_type = meta.get("evaluator_type", "coco")
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    if evaluator_type in ("coco", "coco_panoptic_seg"):
+        tasks = ["bbox"]
+        if cfg.MODEL.MASK_ON:
+            tasks.append("segm")
+        if cfg.MODEL.KEYPOINT_ON:
+            tasks.append("keypoints")
+        kpt_sigmas = cfg.TEST.KEYPOINT_OKS_SIGMAS or None
+        if cfg.MODEL.KEYPOINT_ON and not kpt_sigmas:
+            kpt_sigmas = meta.get("keypoint_oks_sigmas", None)
+        task = COCOEvaluator(
+            dataset_name,
+            tasks=tuple(tasks),
+            distributed=True,
+            output_dir=output_folder,
+            kpt_oks_sigmas=kpt_sigmas or (),
+        )
+    elif evaluator_type == "sem_seg":
+        task = SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+    else:
+        known = ["coco", "sem_seg"]
+        raise NotImplementedError(
+            f"no evaluator for evaluator_type={evaluator_type!r} of {dataset_name}; known: {known}"
+        )
+    if not cfg.VCM.EVAL.REPORT_RATE:
+        return task
+    return RateTaskEvaluator(task)
+
+
+__all__ = ["RateTaskEvaluator", "build_task_evaluator"]
