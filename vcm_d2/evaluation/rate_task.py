@@ -45,14 +45,14 @@ class RateTaskEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         self._task.process(inputs, outputs)
         for inp, out in zip(inputs, outputs):
+            frames = len(inp["file_names"]) if "file_names" in inp else 1
             if "bits" in inp:
                 self._bits += self._sum_bits(inp["bits"])
-                self._frames_with_bits += 1
+                self._frames_with_bits += frames
             elif self._require_bits:
                 raise ValueError(f"record {inp.get('file_name')} has no 'bits' field")
             if isinstance(out, dict) and "side_bits" in out:
                 self._side_bits += self._sum_bits(out["side_bits"])
-            frames = len(inp["file_names"]) if "file_names" in inp else 1
             self._frames += frames
             self._pixels += frames * int(inp["height"]) * int(inp["width"])
 
