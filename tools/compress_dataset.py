@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Compress a registered detectron2 dataset with a codec at several qualities.
+
+Example (two machines, each running one shard; the last one to finish writes the manifests)::
+
+    python tools/compress_dataset.py --dataset coco_2017_val --codec x264 \\
+        --quality 23 29 35 41 --codec-opt preset=medium --output datasets/vcm_compressed \\
+        --workers 8 --shard 0/2
+
+Output: ``<output>/<dataset>/<codec>/q<quality>/{manifest.json,frames/,records/}``, read back by
+``vcm_d2.data.pairs`` (pair datasets named ``<dataset>@<codec>_q<quality>``). Reruns resume.
+Exit status 1 if some sequence failed (all others are finished first) or ``--merge`` found
+missing records.
+"""
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Dict, List, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import setup_logger
+
+import vcm_d2  # noqa: F401  (registers codecs and built-in datasets)
+from vcm_d2.codecs import available_codecs
+from vcm_d2.data.pairs import PAIR_NAME_SEPARATOR as PAIR_SEPARATOR
+from vcm_d2.engine.compress import CompressionError, assemble_manifests, compress_dataset, parse_shard
+
+SYNTHETIC_PREFIX = "vcm_synth_"  # names registered by vcm_d2.data.synthetic.register_synthetic
+
+
+def _quality(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quality must be a number, got {text!r}")
+    return int(value) if value.is_integer() else value
+
+
+def _codec_options(pairs: Sequence[str]) -> Dict[str, Any]:
+    """``key=value`` strings -> dict; values parsed as JSON when possible (12, 0.5, true)."""
+    options: Dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--codec-opt expects key=value, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", nargs="+", help="registered dataset name(s); default: the "
+                        "config's DATASETS.TEST")
+    parser.add_argument("--codec", required=True, help="codec name, one of: " + ", ".join(available_codecs()))
+    parser.add_argument("--quality", nargs="+", type=_quality, required=True,
+                        help="quality values (codec-specific: CRF/QP, JPEG quality, ...)")
+    parser.add_argument("--output", required=True, help="output root folder")
+    parser.add_argument("--codec-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="codec constructor option (repeatable), e.g. gop=12 preset=medium")
+    parser.add_argument("--workers", type=int, default=1, help="processes (1: in-process)")
+    parser.add_argument("--shard", default="0/1", help="i/N: compress every N-th sequence from i")
+    parser.add_argument("--save-bitstreams", action="store_true", help="also keep each sequence's bitstream")
+    parser.add_argument("--merge", action="store_true",
+                        help="only assemble manifest.json from the records of all shards")
+    parser.add_argument("--register-synthetic", metavar="ROOT",
+                        help="register the vcm_d2 synthetic datasets stored under ROOT first")
+    parser.add_argument("--pair-root", action="append", default=[], metavar="DIR",
+                        help="register compressed pair datasets under DIR first (to recompress them)")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="config whose VCM.PAIRS.ROOTS / DATASETS.TEST are used")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    return parser
+
+
+def _register(args) -> List[str]:
+    """Register what the arguments ask for; return the default dataset names of the config."""
+    from vcm_d2.engine import get_vcm_cfg, register_pair_roots
+
+    if args.register_synthetic:
+        from vcm_d2.data.synthetic import register_synthetic
+
+        # `import vcm_d2` registered them under the default root: re-register under ROOT.
+        for name in DatasetCatalog.list():
+            if name.startswith(SYNTHETIC_PREFIX) and PAIR_SEPARATOR not in name:
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+        register_synthetic(args.register_synthetic)
+    defaults: List[str] = []
+    roots = list(args.pair_root)
+    if args.config_file or args.opts:
+        cfg = get_vcm_cfg()
+        if args.config_file:
+            cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        roots += list(cfg.VCM.PAIRS.ROOTS)
+        defaults = list(cfg.DATASETS.TEST)
+    if roots:
+        register_pair_roots(roots)
+    return defaults
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="vcm_d2")
+    log = logging.getLogger("vcm_d2.compress_dataset")
+    try:
+        shard = parse_shard(args.shard)
+        options = _codec_options(args.codec_opt)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    defaults = _register(args)
+    datasets = args.dataset or defaults
+    if not datasets:
+        print("error: give --dataset (or a --config-file with DATASETS.TEST)", file=sys.stderr)
+        return 2
+
+    unknown = [name for name in datasets if name not in DatasetCatalog.list()]
+    if unknown:
+        print(f"error: dataset(s) not registered: {unknown}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in datasets:
+        try:
+            if args.merge:
+                manifests = assemble_manifests(name, args.codec, args.quality, args.output, options or None)
+            else:
+                manifests = compress_dataset(
+                    name, args.codec, args.quality, args.output, codec_options=options,
+                    workers=args.workers, shard=shard, progress=not args.no_progress,
+                    save_bitstreams=args.save_bitstreams,
+                )
+        except CompressionError as e:
+            log.error("%s", e)
+            manifests, status = e.manifests, 1
+        except RuntimeError as e:  # --merge with missing records
+            log.error("%s", e)
+            manifests, status = {}, 1
+        for quality, path in sorted(manifests.items()):
+            with open(path, "r", encoding="utf-8") as f:
+                bpp = json.load(f)["bpp"]
+            print(f"{name} {args.codec} q{quality}: {bpp:.4f} bpp -> {path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

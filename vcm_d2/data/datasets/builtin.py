@@ -1,0 +1,108 @@
+"""Register the real datasets found under ``$DETECTRON2_DATASETS`` (default ``./datasets``).
+
+A split is registered only if its files are present, so importing vcm_d2 never fails without
+data. COCO-2017 is registered by detectron2 itself; here we add YouTube-VIS 2019, VSPW and the
+compressed pair datasets found under ``<root>/vcm_compressed`` (see datasets/README.md).
+"""
+import logging
+import os
+
+from detectron2.data import DatasetCatalog
+
+from ..pairs import register_pair_datasets_from_dir
+from .vspw import register_vspw
+from .ytvis import get_ytvis_2019_metadata, register_ytvis_frames, register_ytvis_instances
+
+__all__ = [
+    "register_all_ytvis_2019",
+    "register_all_vspw",
+    "register_all_compressed_pairs",
+    "register_all",
+    "COMPRESSED_DIRNAME",
+]
+
+logger = logging.getLogger(__name__)
+
+# name: (image root, json file), relative to the datasets root (the official layout).
+_PREDEFINED_SPLITS_YTVIS_2019 = {
+    "ytvis_2019_train": ("ytvis_2019/train/JPEGImages", "ytvis_2019/train.json"),
+    "ytvis_2019_val": ("ytvis_2019/valid/JPEGImages", "ytvis_2019/valid.json"),
+}
+# Frame-level variant of each YTVIS split, for image detectors.
+FRAMES_SUFFIX = "_frames"
+
+VSPW_DIRNAME = "VSPW"
+# name: split (listed in VSPW/<split>.txt)
+_PREDEFINED_SPLITS_VSPW = {
+    "vspw_train": "train",
+    "vspw_val": "val",
+    "vspw_test": "test",
+}
+
+# Output folder of tools/compress_dataset.py inside the datasets root.
+COMPRESSED_DIRNAME = "vcm_compressed"
+
+
+def _unregistered(name: str) -> bool:
+    if name in DatasetCatalog.list():
+        logger.info("Dataset %r is already registered; leaving it as is", name)
+        return False
+    return True
+
+
+def register_all_ytvis_2019(root: str) -> list:
+    """Register the YTVIS-2019 splits present under ``root``; returns the names registered."""
+    names = []
+    for name, (image_root, json_file) in _PREDEFINED_SPLITS_YTVIS_2019.items():
+        image_root, json_file = os.path.join(root, image_root), os.path.join(root, json_file)
+        if not (os.path.isfile(json_file) and os.path.isdir(image_root)):
+            continue
+        if _unregistered(name):
+            register_ytvis_instances(name, get_ytvis_2019_metadata(), json_file, image_root)
+            names.append(name)
+        if _unregistered(name + FRAMES_SUFFIX):
+            register_ytvis_frames(name + FRAMES_SUFFIX, get_ytvis_2019_metadata(), json_file, image_root)
+            names.append(name + FRAMES_SUFFIX)
+    return names
+
+
+def register_all_vspw(root: str) -> list:
+    """Register the VSPW splits present under ``root``; returns the names registered."""
+    vspw_root = os.path.join(root, VSPW_DIRNAME)
+    names = []
+    for name, split in _PREDEFINED_SPLITS_VSPW.items():
+        present = os.path.isfile(os.path.join(vspw_root, f"{split}.txt")) and os.path.isdir(
+            os.path.join(vspw_root, "data"))
+        if present and _unregistered(name):
+            register_vspw(name, vspw_root, split)
+            names.append(name)
+    return names
+
+
+def register_all_compressed_pairs(root: str) -> list:
+    """Register ``<root>/vcm_compressed/<dataset>/<codec>/q*/manifest.json`` of registered datasets.
+
+    Call after the base datasets are registered; returns the pair dataset names.
+    """
+    compressed = os.path.join(root, COMPRESSED_DIRNAME)
+    if not os.path.isdir(compressed):
+        return []
+    registered = set(DatasetCatalog.list())
+    names = []
+    for base in sorted(os.listdir(compressed)):
+        if base in registered and os.path.isdir(os.path.join(compressed, base)):
+            try:
+                names += register_pair_datasets_from_dir(compressed, base)
+            except (OSError, ValueError) as e:  # a broken manifest must not break `import vcm_d2`
+                logger.warning("Skipping compressed datasets of %r under %s: %s", base, compressed, e)
+    return names
+
+
+def register_all(root: str) -> list:
+    """Register every dataset present under ``root``; returns the names registered."""
+    names = register_all_ytvis_2019(root) + register_all_vspw(root)
+    return names + register_all_compressed_pairs(root)
+
+
+_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all(_root)

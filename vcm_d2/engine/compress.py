@@ -1,0 +1,563 @@
+"""Compress a registered detectron2 dataset with one codec at several qualities.
+
+Output layout, per quality (see ``vcm_d2.data.pairs`` for the reader)::
+
+    <output>/<dataset>/<codec>/q<quality>/
+        manifest.json               # assembled once every sequence of the dataset is done
+        frames/<original relpath>.png
+        records/<sequence key>.json # one per finished sequence: what makes runs resumable
+        bitstreams/<sequence key>.bin   (with save_bitstreams)
+
+A *sequence* is what the codec sees at once: a video dict (``file_names``), the image dicts
+sharing a ``video_id`` (ordered by ``frame_idx``), or a single image. One task reads the
+originals of one sequence once and codes them at every pending quality. Every file is written
+atomically, and a record is written only after its PNGs, so an interrupted run loses at most the
+sequences in flight; a rerun recomputes exactly the sequences without a valid record.
+"""
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import traceback
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from PIL import Image
+
+from ..codecs import build_codec
+from ..data.pairs import (
+    MANIFEST_FILENAME,
+    MANIFEST_VERSION,
+    common_root,
+    format_quality,
+    quality_dirname,
+    relative_original_path,
+)
+
+__all__ = [
+    "FrameSpec",
+    "SequenceSpec",
+    "CompressionError",
+    "build_sequences",
+    "compress_dataset",
+    "assemble_manifests",
+    "parse_shard",
+    "output_dir_for",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+RECORDS_DIRNAME = "records"
+FRAMES_DIRNAME = "frames"
+BITSTREAMS_DIRNAME = "bitstreams"
+BITSTREAM_SUFFIX = ".bin"
+# Sequence keys become file names: unsafe characters are replaced, long keys truncated, and a
+# hash of the raw key is appended whenever the key was altered, so keys stay unique.
+MAX_KEY_CHARS = 100
+KEY_HASH_CHARS = 10
+# Torch threads per worker process: the pool already uses every core it is given.
+WORKER_TORCH_THREADS = 1
+# Failed sequence keys quoted in the final error (all are logged with their traceback).
+MAX_FAILURES_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    original_file_name: str
+    original_relpath: str  # relative to the common folder of all frames of the dataset
+    file_name: str  # compressed PNG, relative to the quality folder ("/" separators)
+    frame_index: int
+    image_id: Any = None
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    key: str
+    frames: Tuple[FrameSpec, ...]
+
+
+class CompressionError(RuntimeError):
+    """Some sequences failed; the others were finished and their records kept."""
+
+    def __init__(self, message: str, failures: Dict[str, str], manifests: Dict[Any, str]):
+        super().__init__(message)
+        self.failures = failures  # sequence key -> formatted traceback
+        self.manifests = manifests  # quality -> manifest path, for the complete qualities
+
+
+# ----------------------------------------------------------------------------- file helpers
+def _atomic_write(path: str, write) -> None:
+    """Write ``path`` through a temp file in the same folder, then ``os.replace`` it."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_json(path: str, obj: Any) -> None:
+    data = json.dumps(obj, indent=1).encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _write_png(path: str, image: np.ndarray) -> None:
+    _atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+
+
+def _read_json(path: str) -> Optional[Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        logger.warning("Ignoring unreadable record %s (%s); it will be recomputed", path, e)
+        return None
+
+
+# ----------------------------------------------------------------------------- sequences
+def _safe_key(raw: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", raw)[:MAX_KEY_CHARS]
+    if safe != raw:
+        safe += "-" + hashlib.sha1(raw.encode("utf-8")).hexdigest()[:KEY_HASH_CHARS]
+    return safe
+
+
+def _output_names(paths: Sequence[str], root: str) -> Dict[str, str]:
+    """Compressed PNG name per original: its relative path with ``.png`` for the extension.
+
+    Originals that differ only by extension (``a.jpg``, ``a.png``) keep it (``a.jpg.png``).
+    """
+    rel = {p: relative_original_path(p, root) for p in paths}
+    stems = {p: os.path.splitext(r)[0] for p, r in rel.items()}
+    counts = Counter(stems.values())
+    return {
+        p: f"{FRAMES_DIRNAME}/{stems[p] if counts[stems[p]] == 1 else rel[p]}.png" for p in paths
+    }
+
+
+def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
+    """Group dataset dicts into coding sequences, in dataset order.
+
+    Video dicts (``file_names``) are one sequence each; image dicts with ``video_id`` are grouped
+    by it and ordered by ``frame_idx``; other image dicts are one sequence each.
+    """
+    if not dataset_dicts:
+        raise ValueError("the dataset is empty: nothing to compress")
+    is_video = ["file_names" in d for d in dataset_dicts]
+    if any(is_video) and not all(is_video):
+        raise ValueError("the dataset mixes video dicts (file_names) and image dicts (file_name)")
+
+    # raw key -> list of (order, file_name, image_id)
+    groups: "OrderedDict[str, List[Tuple[Any, str, Any]]]" = OrderedDict()
+    if all(is_video):
+        for i, d in enumerate(dataset_dicts):
+            raw = f"video-{d['video_id']}" if "video_id" in d else f"video-index{i}"
+            if raw in groups:
+                raise ValueError(f"two video dicts have video_id {d['video_id']!r}")
+            ids = d.get("image_ids") or [None] * len(d["file_names"])
+            groups[raw] = [(t, f, iid) for t, (f, iid) in enumerate(zip(d["file_names"], ids))]
+    else:
+        for d in dataset_dicts:
+            if "file_name" not in d:
+                raise ValueError(f"dataset dict without file_name: {sorted(d)}")
+            if "video_id" in d:
+                if "frame_idx" not in d:
+                    raise ValueError(f"{d['file_name']!r} has a video_id but no frame_idx")
+                groups.setdefault(f"video-{d['video_id']}", []).append(
+                    (d["frame_idx"], d["file_name"], d.get("image_id")))
+            else:
+                raw = (f"image-{d['image_id']}" if "image_id" in d
+                       else "image-" + os.path.splitext(os.path.basename(d["file_name"]))[0])
+                if raw in groups:
+                    if "image_id" in d:
+                        raise ValueError(f"two image dicts have image_id {d['image_id']!r}")
+                    raw += "-" + hashlib.sha1(d["file_name"].encode("utf-8")).hexdigest()[:KEY_HASH_CHARS]
+                groups[raw] = [(0, d["file_name"], d.get("image_id"))]
+
+    all_paths = [f for frames in groups.values() for _, f, _ in frames]
+    dup = [p for p, n in Counter(os.path.abspath(p) for p in all_paths).items() if n > 1]
+    if dup:
+        raise ValueError(f"{len(dup)} frame file(s) appear more than once in the dataset, e.g. {dup[0]!r}")
+    root = common_root(all_paths)
+    names = _output_names(all_paths, root)
+
+    sequences, keys = [], set()
+    for raw, frames in groups.items():
+        orders = [o for o, _, _ in frames]
+        if len(set(orders)) != len(orders):
+            raise ValueError(f"sequence {raw!r} has duplicate frame_idx values {sorted(orders)}")
+        frames = sorted(frames, key=lambda t: t[0])
+        key = _safe_key(raw)
+        if key in keys:
+            raise ValueError(f"two sequences map to the same key {key!r}")
+        keys.add(key)
+        sequences.append(SequenceSpec(key, tuple(
+            FrameSpec(f, relative_original_path(f, root), names[f], t, iid)
+            for t, (_, f, iid) in enumerate(frames)
+        )))
+    return sequences
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 0 <= i < N."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"shard must look like i/N (e.g. 0/4), got {text!r}")
+    shard = (int(m.group(1)), int(m.group(2)))
+    _check_shard(shard)
+    return shard
+
+
+def _check_shard(shard: Tuple[int, int]) -> None:
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count} is invalid: need 0 <= i < N")
+
+
+# ----------------------------------------------------------------------------- layout
+def _check_name(kind: str, name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"{kind} name {name!r} cannot be used as a folder name")
+
+
+def output_dir_for(output_dir: str, dataset_name: str, codec_name: str, quality: Any) -> str:
+    """Folder of one (dataset, codec, quality): ``<output>/<dataset>/<codec>/q<quality>``."""
+    _check_name("dataset", dataset_name)
+    _check_name("codec", codec_name)
+    return os.path.join(output_dir, dataset_name, codec_name, quality_dirname(quality))
+
+
+def _record_path(qdir: str, key: str) -> str:
+    return os.path.join(qdir, RECORDS_DIRNAME, key + ".json")
+
+
+def _bitstream_relpath(key: str) -> str:
+    return f"{BITSTREAMS_DIRNAME}/{key}{BITSTREAM_SUFFIX}"
+
+
+def _normalize_options(options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(options or {}), sort_keys=True))
+    except TypeError as e:
+        raise ValueError(f"codec options must be JSON-serializable: {e}") from e
+
+
+def _normalize_qualities(qualities: Sequence[Any]) -> List[Any]:
+    qualities = list(qualities)
+    if not qualities:
+        raise ValueError("give at least one quality")
+    tags = [format_quality(q) for q in qualities]
+    dup = [t for t, n in Counter(tags).items() if n > 1]
+    if dup:
+        raise ValueError(f"duplicate qualities {dup}")
+    return [int(q) if float(q).is_integer() else float(q) for q in qualities]
+
+
+# ----------------------------------------------------------------------------- records
+def _record_matches(record: Any, seq: SequenceSpec, header: Dict[str, Any], qdir: str,
+                    need_bitstream: bool) -> bool:
+    """True if ``record`` is a finished result of ``seq`` for ``header`` with its files present.
+
+    A record made with other codec options raises: one folder holds one codec configuration.
+    """
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        return False
+    if header.get("codec_options") is not None and record.get("codec_options") != header["codec_options"]:
+        raise ValueError(
+            f"{qdir} holds results made with codec options {record.get('codec_options')}, not "
+            f"{header['codec_options']}; use another output folder or delete it"
+        )
+    if record.get("sequence") != seq.key:
+        return False
+    for key in ("dataset", "codec", "quality"):
+        if record.get(key) != header[key]:
+            return False
+    frames = record.get("frames")
+    if not isinstance(frames, list) or len(frames) != len(seq.frames):
+        return False
+    for entry, spec in zip(frames, seq.frames):
+        if (entry.get("original_relpath") != spec.original_relpath
+                or entry.get("file_name") != spec.file_name
+                or not os.path.isfile(os.path.join(qdir, spec.file_name))):
+            return False
+    if need_bitstream:
+        rel = record.get("bitstream")
+        if not rel or not os.path.isfile(os.path.join(qdir, rel)):
+            return False
+    return True
+
+
+def _make_record(seq: SequenceSpec, header: Dict[str, Any], coded, bitstream_rel: Optional[str]) -> dict:
+    frames = []
+    for spec, image, bits in zip(seq.frames, coded.frames, coded.frame_bits):
+        h, w = image.shape[:2]
+        entry = {
+            "original_file_name": spec.original_file_name,
+            "original_relpath": spec.original_relpath,
+            "file_name": spec.file_name,
+            "bits": int(bits),
+            "bpp": int(bits) / float(h * w),
+            "height": int(h),
+            "width": int(w),
+            "sequence": seq.key,
+            "frame_index": spec.frame_index,
+        }
+        if spec.image_id is not None:
+            entry["image_id"] = spec.image_id
+        frames.append(entry)
+    record = dict(header, version=RECORD_VERSION, sequence=seq.key, frames=frames,
+                  total_bits=int(coded.total_bits))
+    if bitstream_rel is not None:
+        record["bitstream"] = bitstream_rel
+    return record
+
+
+# ----------------------------------------------------------------------------- worker
+@dataclass(frozen=True)
+class _Task:
+    sequence: SequenceSpec
+    codec_name: str
+    codec_options: Dict[str, Any]
+    headers: Tuple[Dict[str, Any], ...]  # one per pending quality
+    quality_dirs: Tuple[str, ...]
+    save_bitstreams: bool
+
+
+_CODEC_CACHE: Dict[str, Any] = {}
+
+
+def _get_codec(name: str, options: Dict[str, Any]):
+    """Build each codec configuration once per process (learned codecs are slow to build)."""
+    key = json.dumps([name, options], sort_keys=True)
+    if key not in _CODEC_CACHE:
+        _CODEC_CACHE[key] = build_codec(name, **options)
+    return _CODEC_CACHE[key]
+
+
+def _run_task(task: _Task) -> str:
+    seq = task.sequence
+    codec = _get_codec(task.codec_name, task.codec_options)
+    originals = [read_image(f.original_file_name, format="RGB") for f in seq.frames]
+    for header, qdir in zip(task.headers, task.quality_dirs):
+        coded = codec.encode(originals, header["quality"])
+        if len(coded.frames) != len(originals) or len(coded.frame_bits) != len(originals):
+            raise RuntimeError(
+                f"codec {task.codec_name} returned {len(coded.frames)} frames and "
+                f"{len(coded.frame_bits)} frame sizes for {len(originals)} input frames"
+            )
+        for spec, original, image in zip(seq.frames, originals, coded.frames):
+            if image.shape != original.shape or image.dtype != np.uint8:
+                raise RuntimeError(
+                    f"codec {task.codec_name} decoded {spec.original_file_name!r} to "
+                    f"{image.shape} {image.dtype}, expected {original.shape} uint8"
+                )
+            _write_png(os.path.join(qdir, spec.file_name), image)
+        bitstream_rel = None
+        if task.save_bitstreams:
+            bitstream_rel = _bitstream_relpath(seq.key)
+            data = coded.bitstream
+            _atomic_write(os.path.join(qdir, bitstream_rel), lambda f: f.write(data))
+        _write_json(_record_path(qdir, seq.key), _make_record(seq, header, coded, bitstream_rel))
+    return seq.key
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(WORKER_TORCH_THREADS)
+
+
+def _run_tasks(tasks: List[_Task], workers: int, progress: bool, desc: str) -> Dict[str, str]:
+    """Run every task; return {sequence key: traceback} of the failed ones."""
+    from tqdm import tqdm
+
+    failures: Dict[str, str] = {}
+
+    def failed(key: str, tb: str) -> None:
+        failures[key] = tb
+        logger.error("Compressing sequence %s failed:\n%s", key, tb)
+
+    with tqdm(total=len(tasks), desc=desc, unit="seq", disable=not progress) as bar:
+        if workers <= 1 or len(tasks) <= 1:  # a pool would only add start-up time
+            for task in tasks:
+                try:
+                    _run_task(task)
+                except Exception:
+                    failed(task.sequence.key, traceback.format_exc())
+                bar.update(1)
+        else:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as ex:
+                futures = {ex.submit(_run_task, t): t.sequence.key for t in tasks}
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        future.result()
+                    except Exception:
+                        failed(futures[future], traceback.format_exc())
+                    bar.update(1)
+    return failures
+
+
+# ----------------------------------------------------------------------------- manifests
+def _assemble(qdir: str, sequences: List[SequenceSpec], header: Dict[str, Any],
+              cache: Dict[str, dict]) -> Tuple[Optional[str], List[str]]:
+    """Write ``manifest.json`` of one quality if every sequence has a valid record.
+
+    Returns (manifest path or None, keys of the sequences still missing).
+    """
+    records, missing = [], []
+    for seq in sequences:
+        record = cache.get(seq.key)
+        if record is None:
+            record = _read_json(_record_path(qdir, seq.key))
+            if not _record_matches(record, seq, header, qdir, need_bitstream=False):
+                missing.append(seq.key)
+                continue
+        records.append(record)
+    if missing:
+        return None, missing
+    options = header.get("codec_options")
+    if options is None:  # merge without options given: every record must agree
+        found = {json.dumps(r["codec_options"], sort_keys=True) for r in records}
+        if len(found) > 1:
+            raise ValueError(f"records in {qdir} were made with different codec options: {sorted(found)}")
+        options = records[0]["codec_options"]
+    frames = [f for r in records for f in r["frames"]]
+    total_bits = sum(r["total_bits"] for r in records)
+    total_pixels = sum(f["height"] * f["width"] for f in frames)
+    sequences_summary = []
+    for r in records:
+        entry = {"sequence": r["sequence"], "num_frames": len(r["frames"]), "bits": r["total_bits"]}
+        if "bitstream" in r:
+            entry["bitstream"] = r["bitstream"]
+        sequences_summary.append(entry)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "dataset": header["dataset"],
+        "codec": header["codec"],
+        "quality": header["quality"],
+        "codec_options": options,
+        "total_bits": total_bits,
+        "total_pixels": total_pixels,
+        "bpp": total_bits / float(total_pixels),
+        "num_sequences": len(records),
+        "sequences": sequences_summary,
+        "frames": frames,
+    }
+    path = os.path.join(qdir, MANIFEST_FILENAME)
+    _write_json(path, manifest)
+    return path, []
+
+
+def _headers(dataset_name: str, codec_name: str, qualities: List[Any],
+             options: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [{"dataset": dataset_name, "codec": codec_name, "quality": q, "codec_options": options}
+            for q in qualities]
+
+
+def assemble_manifests(dataset_name: str, codec_name: str, qualities: Sequence[Any], output_dir: str,
+                       codec_options: Optional[Dict[str, Any]] = None) -> Dict[Any, str]:
+    """Assemble ``manifest.json`` of each quality from the records of all shards.
+
+    ``codec_options`` None accepts the options recorded (they must agree). Raises RuntimeError
+    naming missing sequences if some shard has not finished.
+    """
+    qualities = _normalize_qualities(qualities)
+    options = None if codec_options is None else _normalize_options(codec_options)
+    sequences = build_sequences(DatasetCatalog.get(dataset_name))
+    manifests, problems = {}, []
+    for header in _headers(dataset_name, codec_name, qualities, options):
+        qdir = output_dir_for(output_dir, dataset_name, codec_name, header["quality"])
+        path, missing = _assemble(qdir, sequences, header, {})
+        if path is None:
+            shown = ", ".join(missing[:MAX_FAILURES_SHOWN])
+            problems.append(f"q{format_quality(header['quality'])}: {len(missing)} sequence(s) "
+                            f"without a record, e.g. {shown}")
+        else:
+            manifests[header["quality"]] = path
+    if problems:
+        raise RuntimeError(
+            f"cannot assemble manifests of {dataset_name}/{codec_name}: " + "; ".join(problems)
+        )
+    return manifests
+
+
+def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any], output_dir: str,
+                     codec_options: Optional[Dict[str, Any]] = None, workers: int = 1,
+                     shard: Tuple[int, int] = (0, 1), progress: bool = True,
+                     save_bitstreams: bool = False) -> Dict[Any, str]:
+    """Compress ``dataset_name`` with ``codec_name`` at each quality into ``output_dir``.
+
+    Resumable: sequences with a valid record are skipped. With ``shard=(i, N)`` only every N-th
+    sequence starting at i is coded here; the manifest of a quality is written by whichever run
+    finds the records of all sequences. Returns {quality: manifest path} for the qualities whose
+    manifest exists at the end. Raises CompressionError (after finishing all other sequences) if
+    some sequences failed.
+    """
+    qualities = _normalize_qualities(qualities)
+    options = _normalize_options(codec_options)
+    _check_shard(tuple(shard))
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    sequences = build_sequences(DatasetCatalog.get(dataset_name))
+    mine = sequences[shard[0]::shard[1]]
+    headers = _headers(dataset_name, codec_name, qualities, options)
+    qdirs = [output_dir_for(output_dir, dataset_name, codec_name, q) for q in qualities]
+
+    caches: List[Dict[str, dict]] = [{} for _ in qualities]
+    pending: "OrderedDict[str, List[int]]" = OrderedDict()
+    by_key = {seq.key: seq for seq in mine}
+    for seq in mine:
+        for qi, (header, qdir) in enumerate(zip(headers, qdirs)):
+            record = _read_json(_record_path(qdir, seq.key))
+            if _record_matches(record, seq, header, qdir, need_bitstream=save_bitstreams):
+                caches[qi][seq.key] = record
+            else:
+                pending.setdefault(seq.key, []).append(qi)
+    for qi in sorted({qi for qis in pending.values() for qi in qis}):
+        stale = os.path.join(qdirs[qi], MANIFEST_FILENAME)
+        if os.path.exists(stale):  # it would describe frames that are being rewritten
+            os.remove(stale)
+
+    tasks = [
+        _Task(by_key[key], codec_name, options, tuple(headers[qi] for qi in qis),
+              tuple(qdirs[qi] for qi in qis), save_bitstreams)
+        for key, qis in pending.items()
+    ]
+    logger.info(
+        "%s/%s: %d sequences in shard %d/%d, %d to compress at %s",
+        dataset_name, codec_name, len(mine), shard[0], shard[1], len(tasks),
+        ", ".join(format_quality(q) for q in qualities),
+    )
+    failures = _run_tasks(tasks, int(workers), progress, desc=f"{dataset_name} {codec_name}")
+
+    manifests: Dict[Any, str] = {}
+    for qi, (header, qdir) in enumerate(zip(headers, qdirs)):
+        path, missing = _assemble(qdir, sequences, header, caches[qi])
+        if path is not None:
+            manifests[header["quality"]] = path
+        elif not failures:
+            logger.info("q%s: %d sequence(s) of other shards not done yet; manifest not written",
+                        format_quality(header["quality"]), len(missing))
+    if failures:
+        keys = sorted(failures)
+        raise CompressionError(
+            f"{len(keys)} sequence(s) of {dataset_name} failed with {codec_name}: "
+            + ", ".join(keys[:MAX_FAILURES_SHOWN]) + (" ..." if len(keys) > MAX_FAILURES_SHOWN else ""),
+            failures, manifests,
+        )
+    return manifests
