@@ -5,6 +5,8 @@ nothing silently overwrites detectron2's or another project's keys.
 """
 from detectron2.config import CfgNode as CN
 
+from .modeling.cdre.config import add_cdre_config
+
 
 def add_vcm_config(cfg):
     """Add the vcm_d2 keys to a detectron2 config (idempotent)."""
@@ -20,6 +22,7 @@ def add_vcm_config(cfg):
     # Per-parameter learning-rate multipliers: list of [name_prefix, multiplier] pairs; the first
     # matching prefix wins. Used for the "Ours" mode of CDRE (module-wise lr) and fine-tunes.
     _C.MODEL.VCM.LR_MULTIPLIERS = []
+    add_cdre_config(_C)
 
     # ---------------------------------------------------------------- data / codecs / eval
     _C.VCM = CN()

@@ -1,0 +1,187 @@
+"""Benchmark of CDRE's side bitstream (raw vs cabac) and, optionally, of the CDRE modules' size.
+
+Side stream: binary maps of a 720p frame's latent (6 x 23 x 40 bits) from
+(a) thresholding a spatially smooth, temporally AR(1)-correlated Gaussian random field (a
+    stand-in for real y_hat maps until a trained model exists) and
+(b) i.i.d. random bits (worst case: cabac must fall back to raw + header).
+Each frame is coded as its own packet with the previous frame as context (streaming), and the
+whole sequence once as a single packet. Reports bytes, ratio to raw, KB/s at the frame rate and
+encode / decode time per frame.
+
+Complexity (--complexity): parameters and MACs per input pixel (fvcore FlopCountAnalysis,
+which counts one multiply-add per conv/linear weight use, plus a handle for the fused
+attention's two matmuls) of the encoder side, the decoders
+and the embeddings for R50 stage inputs and Swin-T widths.
+
+    python benchmarks/cdre_side_stream.py [--frames 30] [--complexity]
+"""
+import argparse
+import time
+import warnings
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from vcm_d2.modeling.cdre.side_stream import (
+    HEADER_BYTES,
+    decode_side_stream,
+    encode_side_stream,
+    parse_side_stream_header,
+)
+
+LATENT_STRIDE = 32
+
+
+def correlated_field_maps(frames, channels, h, w, sigma, rho, rng):
+    """Threshold at 0 of a Gaussian field smoothed by ``sigma`` latent cells, AR(1) over time."""
+
+    def noise():
+        return gaussian_filter(rng.standard_normal((channels, h, w)), (0, sigma, sigma))
+
+    f, out = noise(), []
+    innovation = np.sqrt(1 - rho**2)
+    for _ in range(frames):
+        out.append(f > 0)
+        f = rho * f + innovation * noise()
+    return np.stack(out).astype(np.uint8)
+
+
+def bench_maps(name, maps, fps):
+    t = maps.shape[0]
+    raw_bytes = len(encode_side_stream(maps, "raw"))
+    # streaming: one packet per frame, previous frame as context
+    enc_s = dec_s = 0.0
+    total, fallbacks, prev = 0, 0, None
+    for i in range(t):
+        t0 = time.perf_counter()
+        data = encode_side_stream(maps[i], "cabac", prev=prev)
+        t1 = time.perf_counter()
+        out = decode_side_stream(data, prev=prev)
+        t2 = time.perf_counter()
+        if not np.array_equal(out.numpy().astype(np.uint8), maps[i]):
+            raise RuntimeError(f"{name}: round trip mismatch at frame {i}")
+        enc_s, dec_s = enc_s + (t1 - t0), dec_s + (t2 - t1)
+        total += len(data)
+        fallbacks += parse_side_stream_header(data).fallback
+        prev = maps[i]
+    raw_per_frame = len(encode_side_stream(maps[0], "raw"))
+    seq = encode_side_stream(maps, "cabac")
+    if not np.array_equal(decode_side_stream(seq).numpy().astype(np.uint8), maps):
+        raise RuntimeError(f"{name}: sequence round trip mismatch")
+    print(
+        f"{name:<34} raw {raw_per_frame:5d} B/frame | cabac/frame {total / t:7.1f} B "
+        f"({total / (t * raw_per_frame):.3f} of raw, {total / t * fps / 1000:5.1f} KB/s, "
+        f"fallback {fallbacks}/{t}) | one packet {len(seq) / t:7.1f} B/frame "
+        f"({(len(seq) - HEADER_BYTES) / (raw_bytes - HEADER_BYTES):.3f} of raw payload) | "
+        f"enc {enc_s / t * 1e3:5.2f} ms dec {dec_s / t * 1e3:5.2f} ms per frame"
+    )
+
+
+def complexity(height, width):
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from fvcore.nn import FlopCountAnalysis
+
+    from vcm_d2.config import add_vcm_config
+    from vcm_d2.modeling.cdre import (
+        CDREEncoderSide,
+        CrossAttentionEmbedding,
+        DistortionDecoder,
+        DistortionEmbedding,
+        TokenDistortionDecoder,
+        add_cdre_config,
+    )
+
+    cfg = get_cfg()
+    add_vcm_config(cfg)
+    add_cdre_config(cfg)
+    r50 = {"res2": (64, 4), "res3": (256, 4), "res4": (512, 8), "res5": (1024, 16)}
+    swin = {"res2": (96, 4), "res3": (192, 8), "res4": (384, 16), "res5": (768, 32)}
+    side = CDREEncoderSide(cfg).eval()
+    dec, tdec = DistortionDecoder(cfg).eval(), TokenDistortionDecoder(cfg).eval()
+    emb = DistortionEmbedding(cfg, {k: ShapeSpec(channels=c, stride=s) for k, (c, s) in r50.items()}).eval()
+    xemb = CrossAttentionEmbedding(cfg, {k: ShapeSpec(channels=c) for k, (c, _) in swin.items()}).eval()
+
+    def sdpa_macs(inputs, outputs):
+        # fvcore has no handle for fused attention: Q K^T and A V are B*heads*N*M*d MACs each.
+        from fvcore.nn.jit_handles import get_shape
+
+        b, heads, n, d = get_shape(inputs[0])
+        m = get_shape(inputs[1])[2]
+        return 2 * b * heads * n * m * d
+
+    def macs(module, inputs):
+        fc = FlopCountAnalysis(module, inputs)
+        fc.set_op_handle("aten::scaled_dot_product_attention", sdpa_macs)
+        fc.unsupported_ops_warnings(False)
+        fc.uncalled_modules_warnings(False)
+        return fc.total() / (height * width)
+
+    def params(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    class Embed(torch.nn.Module):
+        """All stages of an embedding, with zero backbone features of the right shapes."""
+
+        def __init__(self, embedding, shapes, tokens):
+            super().__init__()
+            self.embedding, self.shapes, self.tokens = embedding, shapes, tokens
+
+        def forward(self, d):
+            outs = []
+            for name in self.embedding.stage_names:
+                c, s = self.shapes[name]
+                hh, ww = -(-height // s), -(-width // s)
+                f = torch.zeros(1, hh * ww, c) if self.tokens else torch.zeros(1, c, hh, ww)
+                f, d = self.embedding(name, f, d)
+                outs.append(f)
+            return outs
+
+    x = torch.randn(1, 3, height, width)
+    with torch.no_grad():
+        y_hat = side(x, x + 0.1 * torch.randn_like(x)).y_hat
+        d0 = dec(y_hat, (-(-height // 4), -(-width // 4)))
+        t0 = tdec(y_hat)
+    rows = [
+        ("encoder side (extractor+encoder)", params(side), macs(side, (x, x))),
+        ("  extractor (x and x_hat)", params(side.extractor), macs(side.extractor, (x, x))),
+        ("CNN decoder", params(dec), macs(dec, (y_hat,))),
+        ("CNN embedding, R50 stage inputs", params(emb), macs(Embed(emb, r50, False), (d0,))),
+        ("Transformer decoder (tokens)", params(tdec), macs(tdec, (y_hat,))),
+        ("Cross-attn embedding, Swin-T", params(xemb), macs(Embed(xemb, swin, True), (t0,))),
+    ]
+    print(f"\nCDRE complexity at {width}x{height} (MACs per input pixel, fvcore)")
+    for name, p, m in rows:
+        print(f"  {name:<34} params {p:>10,d}   MACs/pixel {m:>10,.1f}")
+    print(f"  {'CNN version total':<34} params {params(side, dec, emb):>10,d}   (paper 1.9M)")
+    print(f"  {'Transformer version total':<34} params {params(side, tdec, xemb):>10,d}   (paper 3.7M)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=30, help="frames per sequence")
+    parser.add_argument("--height", type=int, default=720, help="frame height in pixels")
+    parser.add_argument("--width", type=int, default=1280, help="frame width in pixels")
+    parser.add_argument("--channels", type=int, default=6, help="latent channels")
+    parser.add_argument("--fps", type=float, default=30.0, help="frame rate for KB/s")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--complexity", action="store_true", help="also report params / MACs")
+    args = parser.parse_args()
+    h, w = -(-args.height // LATENT_STRIDE), -(-args.width // LATENT_STRIDE)
+    rng = np.random.default_rng(args.seed)
+    print(f"side stream: {args.frames} frames of {args.channels}x{h}x{w} bits ({args.width}x{args.height})")
+    for sigma in (1.0, 2.0):
+        for rho in (0.7, 0.95):
+            maps = correlated_field_maps(args.frames, args.channels, h, w, sigma, rho, rng)
+            bench_maps(f"field sigma={sigma} rho={rho}", maps, args.fps)
+    iid = rng.integers(0, 2, (args.frames, args.channels, h, w), dtype=np.uint8)
+    bench_maps("iid random bits", iid, args.fps)
+    if args.complexity:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            complexity(args.height, args.width)
+
+
+if __name__ == "__main__":
+    main()

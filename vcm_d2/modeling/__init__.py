@@ -1,0 +1,2 @@
+"""Models: CDRE (distortion representation embedding) and TransVFC (video feature codec)."""
+from . import cdre  # noqa: F401

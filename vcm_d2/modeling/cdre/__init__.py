@@ -1,0 +1,50 @@
+"""CDRE: compression distortion representation embedding (Sun et al.), as backbone-agnostic modules.
+
+Encoder side (where the original frame exists): ``CDREEncoderSide`` =
+``CompressionSensitiveExtractor`` (eq. 2) + ``DistortionEncoder`` (eq. 3-4) + ``binarize`` (eq. 5);
+the binary map y_hat travels in the side stream (``encode_side_stream`` / ``decode_side_stream``).
+Decoder side: ``DistortionDecoder`` (CNN) or ``TokenDistortionDecoder`` (Transformer) gives d_0,
+then ``DistortionEmbedding`` (eq. 6) or ``CrossAttentionEmbedding`` (eq. 7) fuses it into the
+backbone stage by stage. Training adds ``CDRECosineLoss`` (eq. 8). Config: ``add_cdre_config``.
+"""
+from .config import add_cdre_config
+from .distortion_codec import (
+    CDREEncoderSide,
+    DistortionDecoder,
+    DistortionDecoderBase,
+    DistortionEncoder,
+    EncoderSideOutput,
+    TokenDistortionDecoder,
+    binarize,
+)
+from .embedding import CrossAttentionEmbedding, DistortionEmbedding
+from .extractor import CompressionSensitiveExtractor
+from .loss import CDRECosineLoss, cdre_cosine_loss
+from .side_stream import (
+    SideStreamHeader,
+    decode_side_stream,
+    encode_side_stream,
+    parse_side_stream_header,
+    side_stream_bits,
+)
+
+__all__ = [
+    "add_cdre_config",
+    "CompressionSensitiveExtractor",
+    "DistortionEncoder",
+    "binarize",
+    "DistortionDecoderBase",
+    "DistortionDecoder",
+    "TokenDistortionDecoder",
+    "CDREEncoderSide",
+    "EncoderSideOutput",
+    "DistortionEmbedding",
+    "CrossAttentionEmbedding",
+    "cdre_cosine_loss",
+    "CDRECosineLoss",
+    "encode_side_stream",
+    "decode_side_stream",
+    "parse_side_stream_header",
+    "side_stream_bits",
+    "SideStreamHeader",
+]

@@ -1,0 +1,72 @@
+"""Config keys of CDRE (Sun et al., "Embedding Compression Distortion in Video Coding for
+Machines"), under ``cfg.MODEL.VCM.CDRE``. Every key has a default and a one-line comment.
+
+Equation, table and section numbers refer to that paper.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_cdre_config"]
+
+
+def add_cdre_config(cfg):
+    """Add ``cfg.MODEL.VCM.CDRE`` (idempotent). ``cfg.MODEL.VCM`` must already exist."""
+    if not hasattr(cfg.MODEL, "VCM"):
+        raise ValueError("add_cdre_config needs cfg.MODEL.VCM: call add_vcm_config(cfg) first")
+    if hasattr(cfg.MODEL.VCM, "CDRE"):
+        return cfg
+    _C = cfg.MODEL.VCM
+    _C.CDRE = CN()
+    # ------------------------------------------------ compression-sensitive extractor (eq. 2)
+    # Width of the extractor features F_i^o, F_i^c.
+    _C.CDRE.EXTRACTOR_CHANNELS = 16
+    # Number of stride-2 extraction blocks (scales 1/2, 1/4, 1/8).
+    _C.CDRE.EXTRACTOR_BLOCKS = 3
+    # Negative slope of every LeakyReLU on the encoder side (not given in the paper; torch default).
+    _C.CDRE.LEAKY_RELU_SLOPE = 0.01
+    # Use all extractor scales for modulation and the cosine loss; False: only the last (Table II).
+    _C.CDRE.MULTI_SCALE = True
+    # ------------------------------------------------ distortion encoder (eq. 3-4)
+    # Width of the narrow encoder path.
+    _C.CDRE.ENCODER_CHANNELS = 4
+    # Number of stride-2 conv blocks before the final stride-2 conv to the latent (latent at 1/32).
+    _C.CDRE.ENCODER_BLOCKS = 4
+    # Channels of the compact representation y (Table IV: 6 is best); bits per 32x32 block.
+    _C.CDRE.LATENT_CHANNELS = 6
+    # Linear modulation F' = alpha*F + beta of encoder blocks (eq. 4); False: concatenation (Table II).
+    _C.CDRE.USE_MODULATION = True
+    # Kernel of the convs giving alpha, beta from concat(F^o, F^c) (or of the concat fusion); 1 matches
+    # the paper's 0.89K encoder-side MACs/pixel (3 costs ~1.5K).
+    _C.CDRE.MODULATION_KERNEL = 1
+    # Kernel of the spatial-attention conv (encoder blocks and CNN embedding).
+    _C.CDRE.SPATIAL_KERNEL = 7
+    # ------------------------------------------------ distortion decoder
+    # Width of the CNN decoder output F_d (at 1/4 of the input).
+    _C.CDRE.DECODER_CHANNELS = 16
+    # Number of 2x upsamplings of the CNN decoder (1/32 -> 1/4).
+    _C.CDRE.DECODER_UPSAMPLES = 3
+    # Token width of the Transformer-version decoder (tokens at 1/32, no upsampling).
+    _C.CDRE.TOKEN_CHANNELS = 96
+    # Residual blocks (two 3x3 convs each) of the Transformer-version decoder.
+    _C.CDRE.TOKEN_DECODER_BLOCKS = 2
+    # ------------------------------------------------ distortion representation embedding (eq. 6-7)
+    # Backbone stages whose input receives the distortion feature, in order (Table III: 4 is best).
+    _C.CDRE.EMBED_STAGES = ["res2", "res3", "res4", "res5"]
+    # Output widths of the CNN transform blocks d_i, one per EMBED_STAGES entry (16->16->64->128->256).
+    _C.CDRE.STAGE_CHANNELS = [16, 64, 128, 256]
+    # Normalization of the CNN transform blocks (eq. 6 "Norm"): "IN", "BN" or "none".
+    _C.CDRE.TRANSFORM_NORM = "IN"
+    # Reduction ratio of the SE-style channel attention of the CNN embedding.
+    _C.CDRE.ATTENTION_REDUCTION = 16
+    # Attention heads of the Transformer embedding's cross-attention (eq. 7 uses a single head).
+    _C.CDRE.CROSS_ATTENTION_HEADS = 1
+    # Hidden width of the Transformer embedding's MLP as a multiple of the stage width.
+    _C.CDRE.MLP_RATIO = 1.0
+    # ------------------------------------------------ loss (eq. 8)
+    # Add the cosine term sum_i (1 + cos(F_i^o, F_i^c)) to the task loss (Table II ablation).
+    _C.CDRE.USE_COSINE = True
+    # lambda of eq. 8: 0.1 for detection / keypoints, 4.0 for video instance segmentation.
+    _C.CDRE.COSINE_WEIGHT = 0.1
+    # ------------------------------------------------ side bitstream
+    # Coding of the binary representation: "cabac" (context-adaptive, lossless) or "raw" (packed bits).
+    _C.CDRE.SIDE_STREAM_MODE = "cabac"
+    return cfg
