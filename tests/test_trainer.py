@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vcm_d2.engine import VCMTrainer, build_vcm_optimizer, freeze_parameters, get_vcm_cfg
-from vcm_d2.engine.trainer import lr_factor_func
+from vcm_d2.engine.trainer import lr_factor_func, train_only
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIM = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_R18_slim.yaml")
@@ -22,6 +22,14 @@ def test_freeze_backbone_only():
     model = VCMTrainer.build_model(_cfg("MODEL.VCM.FREEZE", ["backbone"]))
     for name, p in model.named_parameters():
         assert p.requires_grad == (not name.startswith("backbone.")), name
+
+
+def test_trainable_freezes_everything_else():
+    model = VCMTrainer.build_model(_cfg("MODEL.VCM.TRAINABLE", ["roi_heads.box_predictor"]))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("roi_heads.box_predictor.") for n in trainable)
+    with pytest.raises(ValueError, match="TRAINABLE prefixes match no parameter"):
+        train_only(torch.nn.Linear(2, 2), ["nothing"])
 
 
 def test_freeze_unknown_prefix_raises():

@@ -19,6 +19,9 @@ def add_vcm_config(cfg):
     # Parameter-name prefixes frozen during training (requires_grad=False), e.g. ["backbone"]
     # for a head fine-tune. Empty: train everything.
     _C.MODEL.VCM.FREEZE = []
+    # If non-empty, only parameters under these prefixes train and everything else is frozen
+    # (e.g. CDRE's "Ours-FD" mode: the detector frozen, only the CDRE modules trained).
+    _C.MODEL.VCM.TRAINABLE = []
     # Per-parameter learning-rate multipliers: list of [name_prefix, multiplier] pairs; the first
     # matching prefix wins. Used for the "Ours" mode of CDRE (module-wise lr) and fine-tunes.
     _C.MODEL.VCM.LR_MULTIPLIERS = []

@@ -35,6 +35,16 @@ def freeze_parameters(model: torch.nn.Module, prefixes) -> int:
     return sum(hit.values())
 
 
+def train_only(model: torch.nn.Module, prefixes) -> int:
+    """Freeze every parameter not under one of ``prefixes``; returns the number frozen."""
+    prefixes = list(prefixes)
+    frozen = [n for n, _ in model.named_parameters()
+              if not any(n == p or n.startswith(p + ".") for p in prefixes)]
+    if len(frozen) == len(list(model.parameters())):
+        raise ValueError(f"MODEL.VCM.TRAINABLE prefixes match no parameter: {prefixes}")
+    return freeze_parameters(model, frozen)
+
+
 def lr_factor_func(multipliers):
     """Map [[prefix, factor], ...] to detectron2's ``lr_factor_func(param_name) -> float``."""
     pairs = [(str(p), float(f)) for p, f in multipliers]
@@ -83,6 +93,9 @@ class VCMTrainer(DefaultTrainer):
         if cfg.MODEL.VCM.FREEZE:
             n = freeze_parameters(model, cfg.MODEL.VCM.FREEZE)
             logger.info(f"Froze {n} parameter tensors under {list(cfg.MODEL.VCM.FREEZE)}")
+        if cfg.MODEL.VCM.TRAINABLE:
+            n = train_only(model, cfg.MODEL.VCM.TRAINABLE)
+            logger.info(f"Froze {n} parameter tensors outside {list(cfg.MODEL.VCM.TRAINABLE)}")
         return model
 
     @classmethod
@@ -102,4 +115,6 @@ class VCMTrainer(DefaultTrainer):
         return build_task_evaluator(cfg, dataset_name, output_folder)
 
 
-__all__ = ["VCMTrainer", "build_vcm_optimizer", "freeze_parameters", "lr_factor_func"]
+__all__ = [
+    "VCMTrainer", "build_vcm_optimizer", "freeze_parameters", "lr_factor_func", "train_only"
+]
