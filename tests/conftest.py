@@ -1,9 +1,15 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
-# Tests run on CPU with few threads; keep them deterministic and quiet.
+# The synthetic benchmark is materialized once per machine in a temp folder (cached by its
+# spec digest), never inside the repository. Must be set before vcm_d2 is imported.
+os.environ.setdefault(
+    "VCM_D2_SYNTHETIC", os.path.join(tempfile.gettempdir(), "vcm_d2_test_synthetic")
+)
+# Tests run on CPU with few threads.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -817,6 +817,7 @@ def register_synthetic(root: Optional[str] = None) -> None:
         "keypoint_names": list(KEYPOINT_NAMES),
         "keypoint_flip_map": list(KEYPOINT_FLIP_MAP),
         "keypoint_connection_rules": list(KEYPOINT_CONNECTION_RULES),
+        "keypoint_oks_sigmas": list(KEYPOINT_OKS_SIGMAS),
     }
     registered = set(DatasetCatalog.list())
     for split, spec in SPLIT_SPECS.items():

@@ -8,7 +8,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, default_writers
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..data.mapper import PairDatasetMapper
@@ -97,6 +97,15 @@ class VCMTrainer(DefaultTrainer):
             n = train_only(model, cfg.MODEL.VCM.TRAINABLE)
             logger.info(f"Froze {n} parameter tensors outside {list(cfg.MODEL.VCM.TRAINABLE)}")
         return model
+
+    def build_writers(self):
+        """detectron2's writers; TensorBoard only when it is installed (it is optional here)."""
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            writers = default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+            return [w for w in writers if type(w).__name__ != "TensorboardXWriter"]
+        return super().build_writers()
 
     @classmethod
     def build_optimizer(cls, cfg, model):
