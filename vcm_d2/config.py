@@ -6,6 +6,7 @@ nothing silently overwrites detectron2's or another project's keys.
 from detectron2.config import CfgNode as CN
 
 from .modeling.cdre.config import add_cdre_config
+from .modeling.transvfc.config import add_transvfc_config
 
 
 def add_vcm_config(cfg):
@@ -26,6 +27,7 @@ def add_vcm_config(cfg):
     # matching prefix wins. Used for the "Ours" mode of CDRE (module-wise lr) and fine-tunes.
     _C.MODEL.VCM.LR_MULTIPLIERS = []
     add_cdre_config(_C)
+    add_transvfc_config(_C)
 
     # ---------------------------------------------------------------- data / codecs / eval
     _C.VCM = CN()

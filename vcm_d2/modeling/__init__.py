@@ -1,2 +1,2 @@
 """Models: CDRE (distortion representation embedding) and TransVFC (video feature codec)."""
-from . import cdre  # noqa: F401
+from . import cdre, transvfc  # noqa: F401

@@ -1,0 +1,123 @@
+"""Config keys of the TransVFC video feature codec and its FST modules.
+
+All keys live under ``cfg.MODEL.VCM.TRANSVFC`` (FST keys under ``...TRANSVFC.FST``). Defaults
+follow the paper (Sun et al., Pattern Recognition 2025) where it gives a value; values the
+paper leaves open are marked "(ours)".
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_transvfc_config"]
+
+
+def add_transvfc_config(cfg):
+    """Add ``cfg.MODEL.VCM.TRANSVFC`` (idempotent). ``cfg.MODEL.VCM`` must already exist."""
+    if not hasattr(cfg.MODEL, "VCM"):
+        raise ValueError("add_transvfc_config needs cfg.MODEL.VCM; call add_vcm_config first")
+    if hasattr(cfg.MODEL.VCM, "TRANSVFC"):
+        return cfg
+    _C = cfg.MODEL.VCM
+    _C.TRANSVFC = CN()
+    T = _C.TRANSVFC
+
+    # ------------------------------------------------------------------ features / widths
+    # Channels of the coded feature: res2 of a detectron2 ResNet-50 (256 ch, stride 4).
+    T.IN_CHANNELS = 256
+    # Stride of the coded feature relative to the image (res2 = 1/4); used for bits/pixel.
+    T.FEATURE_STRIDE = 4
+    # Channels after channel reduction (256 -> 64); everything below codes this feature.
+    T.REDUCED_CHANNELS = 64
+    # Residual blocks in the channel reduction and (mirrored) restoration stages (ours).
+    T.REDUCTION_RES_BLOCKS = 2
+    # Width of the motion-estimation U-Net (ours).
+    T.MOTION_ESTIMATION_CHANNELS = 64
+    # Channels of the motion representation m_t and its decoded version m^_t.
+    T.MOTION_CHANNELS = 64
+    # Channels of the motion latent (1/16 of the image).
+    T.MOTION_LATENT_CHANNELS = 64
+    # Channels of every hyper-latent z (1/64 of the image).
+    T.HYPER_CHANNELS = 64
+    # Width of the analysis/synthesis transforms (motion, contextual and intra codecs) (ours).
+    T.HIDDEN_CHANNELS = 128
+    # Motion schemes per reduced channel: REDUCED_CHANNELS x NUM_SCHEMES candidates (64x16).
+    T.NUM_SCHEMES = 16
+    # Channel multipliers of the successive depthwise-separable expansions of f_ref
+    # (DepthConv(n) of Fig. 4b); their product must equal NUM_SCHEMES (ours: 4 x 4).
+    T.SCHEME_EXPANSIONS = [4, 4]
+    # Kernel of the conv that combines the selected schemes into REDUCED_CHANNELS (paper: 7x7).
+    T.SCHEME_COMBINE_KERNEL = 7
+    # Channels of the residual (contextual) latent y (1/16 of the image).
+    T.RESIDUAL_LATENT_CHANNELS = 96
+    # Channels of the intra (I-frame) latent (1/16 of the image) (ours).
+    T.INTRA_LATENT_CHANNELS = 96
+    # Channels of each perception condition after its 1x1 reduction.
+    T.CONDITION_CHANNELS = 32
+    # Channels of the perception network outputs p2..p6 (detectron2 FPN: 256).
+    T.PERCEPTION_CHANNELS = 256
+    # Channels of the temporal prior (DCVC-TCM style) fed to the residual entropy model (ours).
+    T.TEMPORAL_PRIOR_CHANNELS = 192
+    # Hidden width of the 1x1 entropy-parameter network fusing hyperprior + temporal prior (ours).
+    T.ENTROPY_PARAMETER_CHANNELS = 256
+
+    # ------------------------------------------------------------------ coding structure
+    # Frames per GOP: the first frame of each GOP is intra coded (paper: 12).
+    T.GOP = 12
+    # Quantization of latents feeding the synthesis transforms in training: "ste" (round with a
+    # straight-through gradient, around the predicted means) or "noise" (additive uniform). The
+    # rate always uses additive noise.
+    T.TRAIN_QUANTIZATION = "ste"
+    # Detach the reference feature between P-frames in training (saves memory on long GOPs).
+    T.DETACH_REFERENCE = False
+
+    # ------------------------------------------------------------------ ablations (Table 5)
+    # Scheme-based inter-prediction; False: warping baseline (offset field + bilinear warp).
+    T.USE_SCHEME_PREDICTION = True
+    # Perception conditions C_enc / C_dec in the contextual encoder / decoder.
+    T.USE_PERCEPTION_CONDITION = True
+    # Perception loss D_p in the codec loss.
+    T.USE_PERCEPTION_LOSS = True
+
+    # ------------------------------------------------------------------ codec loss (eq. 5)
+    # Rate weight lambda_R; the paper trains one model per value in {16, 32, 128, 256}.
+    T.LAMBDA_R = 32.0
+    # Feature distortion weight lambda_f (MSE on res2 features).
+    T.LAMBDA_F = 16.0
+    # lambda_c = LAMBDA_C_RATIO * lambda_f (compensated-feature distortion).
+    T.LAMBDA_C_RATIO = 0.1
+    # Perception distortion weight lambda_p (MSE over p2..p6).
+    T.LAMBDA_P = 4.0
+    # Last iteration (exclusive) of each of the 5 training stages of Table 1 (ours: the paper
+    # gives the stages' losses and learning rates, not their lengths).
+    T.STAGE_ENDS = [20000, 40000, 80000, 100000, 120000]
+
+    # ------------------------------------------------------------------ FST (eq. 4, Fig. 6)
+    T.FST = CN()
+    # Width of the three branch outputs at the feature resolution.
+    T.FST.HIDDEN_CHANNELS = 96
+    # Width at full image resolution in the up-then-down branch.
+    T.FST.IMAGE_CHANNELS = 32
+    # Channels of the coarse image reconstructed by the up-then-down branch (RGB).
+    T.FST.IMAGE_OUT_CHANNELS = 3
+    # Bottleneck residual blocks of the bottleneck-resblock branch.
+    T.FST.NUM_RES_BLOCKS = 4
+    # Inner width of the bottleneck residual blocks.
+    T.FST.BOTTLENECK_CHANNELS = 64
+    # Width at the coarsest scale of the down-then-up branch.
+    T.FST.GLOBAL_CHANNELS = 144
+    # Residual blocks at the coarsest scale of the down-then-up branch.
+    T.FST.NUM_GLOBAL_RES_BLOCKS = 2
+    # Stride-2 steps of the down-then-up branch below the feature resolution.
+    T.FST.GLOBAL_DOWNSAMPLING_STEPS = 2
+    # Channels of the target task feature (e.g. 256 for a ResNet res2 / FPN level).
+    T.FST.OUT_CHANNELS = 256
+    # Stride of the target task feature relative to the image (power-of-2 multiple of
+    # FEATURE_STRIDE, e.g. 4 or 8).
+    T.FST.OUT_STRIDE = 4
+    # Branch ablations (Table 6).
+    T.FST.USE_UP_DOWN = True
+    T.FST.USE_DOWN_UP = True
+    # FST loss weights (eq. 7); defaults: object detection row of Table 2.
+    T.FST.LAMBDA_TASK = 10.0
+    T.FST.LAMBDA_X = 1024.0
+    T.FST.LAMBDA_MID = 16.0
+    T.FST.LAMBDA_HIGH = 4.0
+    return cfg
