@@ -1,0 +1,8 @@
+"""Codecs for video coding for machines: classical (PyAV, ffmpeg, Pillow) and learned.
+
+Importing this package registers every codec in ``CODEC_REGISTRY``.
+"""
+from .base import CODEC_REGISTRY, Codec, CodedSequence, available_codecs, build_codec
+from . import image_codecs, neural, pyav_codecs, vvc  # noqa: F401  (registration side effects)
+
+__all__ = ["CODEC_REGISTRY", "Codec", "CodedSequence", "available_codecs", "build_codec"]
