@@ -37,11 +37,17 @@ def test_config_base_stays_in_repo(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_config_builds_and_runs(path):
     cfg = _load(path)
+    # Random keypoint heads can emit extreme heatmap logits that trip an assertion inside
+    # detectron2's keypoint post-processing; a fixed seed keeps the check about configs.
+    torch.manual_seed(0)
     model = VCMTrainer.build_model(cfg).eval()
     assert sum(p.numel() for p in model.parameters()) > 0
     img = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8).float()
+    inp = {"image": img, "height": 96, "width": 128}
+    if cfg.MODEL.META_ARCHITECTURE == "CDRERCNN":
+        inp["original"] = img.clone()  # encoder side of CDRE needs the original frame
     with torch.no_grad():
-        out = model([{"image": img, "height": 96, "width": 128}])
+        out = model([inp])
     assert "instances" in out[0] and out[0]["instances"].image_size == (96, 128)
 
 

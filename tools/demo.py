@@ -62,7 +62,6 @@ def train(cfg):
         logger.info(f"[skip] {final} exists")
         return final
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    cfg.freeze()
     trainer = VCMTrainer(cfg)
     trainer.resume_or_load(resume=True)  # picks up an interrupted run's last checkpoint
     trainer.train()
@@ -78,6 +77,7 @@ def evaluate(cfg, weights, datasets, cache_file):
     todo = [d for d in datasets if d not in cache]
     if todo:
         cfg = cfg.clone()
+        cfg.defrost()
         cfg.MODEL.WEIGHTS = weights
         cfg.DATASETS.TEST = tuple(todo)
         cfg.freeze()

@@ -6,7 +6,20 @@ the binary map y_hat travels in the side stream (``encode_side_stream`` / ``deco
 Decoder side: ``DistortionDecoder`` (CNN) or ``TokenDistortionDecoder`` (Transformer) gives d_0,
 then ``DistortionEmbedding`` (eq. 6) or ``CrossAttentionEmbedding`` (eq. 7) fuses it into the
 backbone stage by stage. Training adds ``CDRECosineLoss`` (eq. 8). Config: ``add_cdre_config``.
+
+detectron2 integration (importing registers them): backbones ``build_cdre_resnet_fpn_backbone``
+and ``build_cdre_resnet_backbone`` (decoder side inside detectron2's unchanged ResNet / FPN),
+meta-architecture ``CDRERCNN`` (encoder side, cosine loss, side streams) and ``CDREPredictor``.
 """
+from .backbone import (
+    CDREDecoderSide,
+    CDREFPN,
+    CDREResNet,
+    DistortionAwareBackbone,
+    DistortionAwareInput,
+    build_cdre_resnet_backbone,
+    build_cdre_resnet_fpn_backbone,
+)
 from .config import add_cdre_config
 from .distortion_codec import (
     CDREEncoderSide,
@@ -20,6 +33,8 @@ from .distortion_codec import (
 from .embedding import CrossAttentionEmbedding, DistortionEmbedding
 from .extractor import CompressionSensitiveExtractor
 from .loss import CDRECosineLoss, cdre_cosine_loss
+from .meta_arch import CDRERCNN
+from .predictor import CDREPredictor
 from .side_stream import (
     SideStreamHeader,
     decode_side_stream,
@@ -47,4 +62,13 @@ __all__ = [
     "parse_side_stream_header",
     "side_stream_bits",
     "SideStreamHeader",
+    "CDREDecoderSide",
+    "DistortionAwareBackbone",
+    "DistortionAwareInput",
+    "CDREResNet",
+    "CDREFPN",
+    "build_cdre_resnet_backbone",
+    "build_cdre_resnet_fpn_backbone",
+    "CDRERCNN",
+    "CDREPredictor",
 ]

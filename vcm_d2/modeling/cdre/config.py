@@ -69,4 +69,7 @@ def add_cdre_config(cfg):
     # ------------------------------------------------ side bitstream
     # Coding of the binary representation: "cabac" (context-adaptive, lossless) or "raw" (packed bits).
     _C.CDRE.SIDE_STREAM_MODE = "cabac"
+    # Also put each image's side-stream bytes into CDRERCNN's inference outputs as "cdre_bits"
+    # (to store them); "side_bits" (their size) is always reported.
+    _C.CDRE.OUTPUT_SIDE_STREAM = False
     return cfg
