@@ -1,8 +1,9 @@
 """Rate-task evaluation: a detectron2 evaluator plus exact rate accounting.
 
-The rate of a record is the codec's ``bits`` (stored in pair-dataset records by
-tools/compress_dataset.py) plus any ``side_bits`` a model reports in its output (e.g. CDRE's
-side bitstream). bpp = all bits / all pixels of the evaluated frames.
+The rate of a record is the pixel codec's ``bits`` (stored in pair-dataset records by
+tools/compress_dataset.py) or, for models that code the frame themselves (feature codecs),
+the ``bits`` in the model's output, plus any ``side_bits`` a model reports (e.g. CDRE's side
+bitstream). bpp = all bits / all pixels of the evaluated frames.
 """
 import os
 from collections import OrderedDict
@@ -46,8 +47,14 @@ class RateTaskEvaluator(DatasetEvaluator):
         self._task.process(inputs, outputs)
         for inp, out in zip(inputs, outputs):
             frames = len(inp["file_names"]) if "file_names" in inp else 1
-            if "bits" in inp:
-                self._bits += self._sum_bits(inp["bits"])
+            coded_by_model = isinstance(out, dict) and "bits" in out
+            if "bits" in inp and coded_by_model:
+                raise ValueError(
+                    f"record {inp.get('file_name')} has 'bits' from a pixel codec and from the "
+                    "model; a frame is coded once"
+                )
+            if "bits" in inp or coded_by_model:
+                self._bits += self._sum_bits(out["bits"] if coded_by_model else inp["bits"])
                 self._frames_with_bits += frames
             elif self._require_bits:
                 raise ValueError(f"record {inp.get('file_name')} has no 'bits' field")
