@@ -8,9 +8,12 @@ bitstream). bpp = all bits / all pixels of the evaluated frames.
 import os
 from collections import OrderedDict
 
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, SemSegEvaluator
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 
 class RateTaskEvaluator(DatasetEvaluator):
@@ -83,6 +86,13 @@ class RateTaskEvaluator(DatasetEvaluator):
         return results
 
 
+def load_sem_seg(filename, dtype=int):
+    """Label PNG -> array. detectron2's default loader calls ``np.array(..., copy=False)``,
+    which raises under numpy 2."""
+    with PathManager.open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
 def build_task_evaluator(cfg, dataset_name, output_folder=None):
     """The task evaluator for a dataset's ``evaluator_type``, wrapped for rate accounting."""
     meta = MetadataCatalog.get(dataset_name)
@@ -105,7 +115,8 @@ def build_task_evaluator(cfg, dataset_name, output_folder=None):
             kpt_oks_sigmas=kpt_sigmas or (),
         )
     elif evaluator_type == "sem_seg":
-        task = SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        task = SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                               sem_seg_loading_fn=load_sem_seg)
     else:
         known = ["coco", "sem_seg"]
         raise NotImplementedError(
