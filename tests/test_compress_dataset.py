@@ -1,7 +1,6 @@
 """tools/compress_dataset.py and vcm_d2.engine.compress: layout, bits, resume, shards, failures."""
 import glob
 import importlib.util
-import json
 import os
 import uuid
 import zlib

@@ -2,7 +2,7 @@
 
 Importing the package registers its codecs, datasets, backbones and meta-architectures.
 """
-from . import codecs, data, evaluation, modeling  # noqa: F401  (registration side effects)
+from . import codecs, data, evaluation, modeling, utils  # noqa: F401  (registration side effects)
 from .config import add_vcm_config
 
 __all__ = ["add_vcm_config"]

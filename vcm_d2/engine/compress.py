@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import traceback
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from ..data.pairs import (
     quality_dirname,
     relative_original_path,
 )
+from ..utils.io import atomic_write, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "FrameSpec",
@@ -94,28 +94,12 @@ class CompressionError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- file helpers
-def _atomic_write(path: str, write) -> None:
-    """Write ``path`` through a temp file in the same folder, then ``os.replace`` it."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(path: str, obj: Any) -> None:
-    data = json.dumps(obj, indent=1).encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write_json(path, obj)
 
 
 def _write_png(path: str, image: np.ndarray) -> None:
-    _atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 def _read_json(path: str) -> Optional[Any]:
@@ -371,7 +355,7 @@ def _run_task(task: _Task) -> str:
         if task.save_bitstreams:
             bitstream_rel = _bitstream_relpath(seq.key)
             data = coded.bitstream
-            _atomic_write(os.path.join(qdir, bitstream_rel), lambda f: f.write(data))
+            atomic_write_bytes(os.path.join(qdir, bitstream_rel), data)
         _write_json(_record_path(qdir, seq.key), _make_record(seq, header, coded, bitstream_rel))
     return seq.key
 

@@ -19,12 +19,12 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..utils.io import atomic_write_bytes
 from .bdrate import METHODS, MIN_OVERLAP, NON_MONOTONIC_POLICIES, bd_metric, bd_rate
 
 __all__ = ["RateTaskCurve", "save_curve", "load_curve", "load_curves", "write_report",
@@ -120,28 +120,11 @@ class RateTaskCurve:
         return cls(**{k: data[k] for k in REQUIRED_FIELDS}, meta=data.get("meta", {}))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the target directory then rename, so readers never see a
-    partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_curve(curve: RateTaskCurve, path: PathLike) -> Path:
     """Write ``curve`` as a result file (atomically); returns the path."""
     path = Path(path)
     text = json.dumps(curve.to_dict(), indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
 
@@ -297,7 +280,7 @@ def _plot(task: str, codec: str, curves: List[RateTaskCurve], path: Path, log_x:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(curves: Sequence[RateTaskCurve], *, output_dir: PathLike,
@@ -408,5 +391,5 @@ def write_report(curves: Sequence[RateTaskCurve], *, output_dir: PathLike,
         lines += [f"{i}. {_md(n)}" for i, n in enumerate(notes, 1)]
         lines.append("")
     path = out / REPORT_NAME
-    _atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
     return path

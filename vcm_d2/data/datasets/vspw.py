@@ -14,12 +14,13 @@ label PNGs as they are, so the masks are converted once into ``mask_detectron2/`
 import argparse
 import logging
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
+
+from ...utils.io import atomic_write
 
 __all__ = [
     "VSPW_CLASSES",
@@ -132,16 +133,7 @@ def _convert_one(src: str, dst: str, lut: np.ndarray) -> None:
         if im.mode not in ("L", "P"):
             raise ValueError(f"{src}: expected a single-channel label PNG, got mode {im.mode}")
         raw = np.asarray(im)  # "P": the palette indices are the labels
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp",
-                               dir=os.path.dirname(dst))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(lut[raw]).save(f, format="PNG")
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(dst, lambda f: Image.fromarray(lut[raw]).save(f, format="PNG"))
 
 
 def convert_vspw_masks(vspw_root: str, splits: Sequence[str] = ("train", "val"),
