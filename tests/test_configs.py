@@ -69,6 +69,11 @@ def test_config_builds_and_runs(path):
     model.eval()
     with torch.no_grad():
         out = model([inp])
+    if cfg.MODEL.META_ARCHITECTURE == "TransVFC":
+        assert out[0]["bits"] > 0  # the feature codec reports the frame's exact bits
+        if "instances" not in out[0]:
+            assert out[0]["sem_seg"].shape[-2:] == (96, 128)
+            return
     assert "instances" in out[0] and out[0]["instances"].image_size == (96, 128)
 
 

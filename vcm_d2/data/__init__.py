@@ -9,6 +9,7 @@ from .synthetic import register_synthetic
 register_synthetic()
 
 from . import datasets  # noqa: E402,F401  (registers real datasets that are present)
+from .clip_mapper import ClipDatasetMapper  # noqa: E402,F401
 from .mapper import PairDatasetMapper  # noqa: E402,F401
 from .pairs import (  # noqa: E402,F401
     load_pair_dicts,

@@ -11,7 +11,9 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, default_writers
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from ..data.clip_mapper import build_clip_train_loader
 from ..data.mapper import PairDatasetMapper
+from ..modeling.transvfc.solver import build_transvfc_lr_scheduler
 from ..evaluation import build_task_evaluator
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def build_vcm_optimizer(cfg, model):
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         lr_factor_func=lr_factor_func(cfg.MODEL.VCM.LR_MULTIPLIERS),
+        # EntropyBottleneck quantiles are fitted by the aux loss only: no weight decay.
+        overrides={"quantiles": {"weight_decay": 0.0}},
     )
     name = cfg.VCM.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
@@ -113,7 +117,14 @@ class VCMTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        if cfg.MODEL.META_ARCHITECTURE == "TransVFC":  # trains on clips of consecutive frames
+            return build_clip_train_loader(cfg)
         return build_detection_train_loader(cfg, mapper=_mapper(cfg, True))
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # detectron2's scheduler, except TransVFC stage 1 (the paper's Table 1 learning rates)
+        return build_transvfc_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -9,10 +9,15 @@ are built on top of them:
 * ``FeatureSpaceTransform``: the per-task FST (eq. 4);
 * ``codec_loss`` (eq. 5-6), ``fst_loss`` (eq. 7-8), ``CODEC_STAGES`` / ``stage_for_iter``
   (Table 1);
-* ``add_transvfc_config``: the ``cfg.MODEL.VCM.TRANSVFC`` keys.
+* ``add_transvfc_config``: the ``cfg.MODEL.VCM.TRANSVFC`` keys;
+* ``TransVFC``: the detectron2 meta-architecture (head + codec + FSTs + frozen task tails);
+* ``TRANSVFC_TASK_REGISTRY`` and the tails ``FasterRCNNTail``, ``DeepLabV3Tail``;
+* ``container``: the versioned bitstream format (``write_stream`` / ``read_stream``);
+* ``build_transvfc_lr_scheduler``: Table 1 learning rates for stage 1.
 """
 from .codec import LIKELIHOOD_KEYS, RECORD_STRINGS, PerceptionFn, TransVFCCodec, record_num_bits
 from .config import add_transvfc_config
+from .container import ContainerError, StreamHeader, read_stream, write_stream
 from .fst import FeatureSpaceTransform
 from .losses import (
     CODEC_STAGES,
@@ -25,6 +30,10 @@ from .losses import (
     latent_bpp,
     stage_for_iter,
 )
+from .meta_arch import TransVFC
+from .perception import SplitBackbone
+from .solver import build_transvfc_lr_scheduler
+from .tasks import TRANSVFC_TASK_REGISTRY, DeepLabV3Tail, FasterRCNNTail, TaskTail
 
 __all__ = [
     "TransVFCCodec",
@@ -43,4 +52,15 @@ __all__ = [
     "latent_bpp",
     "codec_loss",
     "fst_loss",
+    "TransVFC",
+    "SplitBackbone",
+    "TRANSVFC_TASK_REGISTRY",
+    "TaskTail",
+    "FasterRCNNTail",
+    "DeepLabV3Tail",
+    "ContainerError",
+    "StreamHeader",
+    "read_stream",
+    "write_stream",
+    "build_transvfc_lr_scheduler",
 ]

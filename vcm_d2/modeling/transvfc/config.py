@@ -120,4 +120,91 @@ def add_transvfc_config(cfg):
     T.FST.LAMBDA_X = 1024.0
     T.FST.LAMBDA_MID = 16.0
     T.FST.LAMBDA_HIGH = 4.0
+
+    _add_meta_arch_config(T)
     return cfg
+
+
+def _add_meta_arch_config(T):
+    """Keys of the detectron2 meta-architecture ``TransVFC`` (``meta_arch.py``)."""
+    # ------------------------------------------------------------------ training
+    # What trains: "codec" (stage 1, eq. 5-6: the codec, everything else frozen), "fst"
+    # (stage 2, eq. 7-8: the FSTs of TASKS, everything else frozen) or "task" (the task tails
+    # on uncoded features, for task networks without a checkpoint, e.g. the synthetic benchmark).
+    T.TRAIN_STAGE = "codec"
+    # Consecutive frames per training clip (ClipDatasetMapper); frame 0 is an I-frame (ours).
+    T.CLIP_LENGTH = 3
+    # Step between the frames of a training clip (1: consecutive frames).
+    T.CLIP_FRAME_STRIDE = 1
+    # Side of the random square crop of the res2 features in stage 1, in feature pixels (paper:
+    # 128); clamped to the smallest frame of the batch. 0: whole frames.
+    T.TRAIN_CROP_SIZE = 128
+    # Weight of CompressAI's aux loss, which fits the quantiles of the z bottlenecks (stage 1).
+    T.AUX_LOSS_WEIGHT = 1.0
+
+    # ------------------------------------------------------------------ bitstreams / evaluation
+    # Model name written into stream headers (at most 255 UTF-8 bytes).
+    T.MODEL_ID = "transvfc"
+    # Rate point written into stream headers (0..3 for lambda_R 16, 32, 128, 256).
+    T.QUALITY_INDEX = 1
+    # Evaluation keeps one open stream (reference feature) per video_id; beyond this many the
+    # least recently used is closed (its next frame starts a new stream with an I-frame).
+    T.EVAL_MAX_OPEN_VIDEOS = 64
+
+    # ------------------------------------------------------------------ tasks
+    # Task nodes (under TASK) whose FST + frozen tail are built, in order. Every task runs in
+    # inference (outputs merged: "instances", "sem_seg", ...); stage 2 trains all their FSTs.
+    T.TASKS = ["DETECTION"]
+    # One node per task: TAIL names a class in TRANSVFC_TASK_REGISTRY (tasks.py); FST holds
+    # overrides of the FST keys above for this task's FST (loss weights of Table 2, widths).
+    # A new task = a registered tail + a node here (a config file may add it).
+    T.TASK = CN(new_allowed=True)
+
+    # Object detection: the RPN + box head of the upstream Faster R-CNN (MODEL.RPN,
+    # MODEL.ROI_HEADS, ...) on FPN(res3-5) of the transferred res2 feature; the same checkpoint
+    # as head and perception network. Table 2 row = the FST defaults above.
+    T.TASK.DETECTION = CN(new_allowed=True)
+    T.TASK.DETECTION.TAIL = "FasterRCNNTail"
+    T.TASK.DETECTION.FST = CN(new_allowed=True)
+
+    # Semantic segmentation: a DeepLab-v3 network (ResNet + ASPP head of detectron2's DeepLab
+    # project) whose res2 is replaced by the transferred feature.
+    T.TASK.SEM_SEG = CN(new_allowed=True)
+    T.TASK.SEM_SEG.TAIL = "DeepLabV3Tail"
+    # Table 2, semantic segmentation: lambda_task 10, lambda_x 1024, lambda_mid 16, lambda_high 64.
+    T.TASK.SEM_SEG.FST = CN(new_allowed=True)
+    T.TASK.SEM_SEG.FST.LAMBDA_HIGH = 64.0
+    # Checkpoint of the frozen network: a detectron2 SemanticSegmentor (keys backbone.*,
+    # sem_seg_head.*) or a TransVFC checkpoint (keys tasks.sem_seg.*). "": keep the weights
+    # MODEL.WEIGHTS provides (or the random init).
+    T.TASK.SEM_SEG.WEIGHTS = ""
+    # Classes (VSPW: 124) and the ignored label.
+    T.TASK.SEM_SEG.NUM_CLASSES = 124
+    T.TASK.SEM_SEG.IGNORE_VALUE = 255
+    # Input normalization and channel order the network was trained with (empty: the same as
+    # MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT; detectron2's DeepLab configs use RGB with
+    # mean [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375]).
+    T.TASK.SEM_SEG.PIXEL_MEAN = []
+    T.TASK.SEM_SEG.PIXEL_STD = []
+    T.TASK.SEM_SEG.FORMAT = ""
+    # Keys of cfg.MODEL.RESNETS for the segmentation backbone (detectron2 / DeepLab names;
+    # depth 18/34 builds a plain ResNet, depth >= 50 the DeepLab ResNet with dilated res5).
+    T.TASK.SEM_SEG.RESNETS = CN(new_allowed=True)
+    T.TASK.SEM_SEG.RESNETS.DEPTH = 50
+    T.TASK.SEM_SEG.RESNETS.NORM = "BN"
+    T.TASK.SEM_SEG.RESNETS.STEM_TYPE = "deeplab"
+    T.TASK.SEM_SEG.RESNETS.STEM_OUT_CHANNELS = 128
+    T.TASK.SEM_SEG.RESNETS.RES2_OUT_CHANNELS = 256
+    T.TASK.SEM_SEG.RESNETS.STRIDE_IN_1X1 = False
+    T.TASK.SEM_SEG.RESNETS.RES5_DILATION = 2
+    T.TASK.SEM_SEG.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
+    # Keys of cfg.MODEL.SEM_SEG_HEAD for the DeepLab-v3 head (detectron2 DeepLab names; the
+    # output stride COMMON_STRIDE is taken from the backbone's res5).
+    T.TASK.SEM_SEG.HEAD = CN(new_allowed=True)
+    T.TASK.SEM_SEG.HEAD.ASPP_CHANNELS = 256
+    T.TASK.SEM_SEG.HEAD.ASPP_DILATIONS = [6, 12, 18]
+    T.TASK.SEM_SEG.HEAD.ASPP_DROPOUT = 0.1
+    T.TASK.SEM_SEG.HEAD.CONVS_DIM = 256
+    T.TASK.SEM_SEG.HEAD.NORM = "BN"
+    T.TASK.SEM_SEG.HEAD.LOSS_TYPE = "hard_pixel_mining"
+    T.TASK.SEM_SEG.HEAD.LOSS_WEIGHT = 1.0
