@@ -1,0 +1,104 @@
+"""Helpers of tools/demo.py (also used by benchmarks/cdre_table1.py); no training here."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("vcm_demo", os.path.join(REPO, "tools", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(ap, bpp, side=0.0):
+    return {"bbox": {"AP": ap}, "rate": {"bpp": bpp, "side_bpp": side, "frames": 96}}
+
+
+def test_parse_args_defaults_and_overrides(demo):
+    args = demo.parse_args([])
+    assert args.qualities == list(demo.DEFAULT_QUALITIES)
+    assert args.codecs == ["x264", "x265"]
+    assert args.finetune_iters > 0 and args.cdre_iters > 0
+    args = demo.parse_args(["--cdre-iters", "0", "--qualities", "20", "30"])
+    assert args.cdre_iters == 0 and args.qualities == [20.0, 30.0]
+
+
+def test_curve_from_takes_ap_bpp_and_side_bpp(demo):
+    results = {"a": _result(20.0, 0.5, 0.01), "b": _result(10.0, 0.2, 0.01)}
+    curve = demo.curve_from(results, "x264", "ours", [17, 27], ["a", "b"], meta={"iters": 3})
+    assert curve.name == "x264/ours" and curve.method == "ours" and curve.codec == "x264"
+    assert [p["bpp"] for p in curve.points] == [0.5, 0.2]
+    assert [p["metric"] for p in curve.points] == [20.0, 10.0]
+    assert all(p["side_bpp"] == 0.01 for p in curve.points)
+    assert curve.meta == {"iters": 3}
+
+
+def test_curve_from_rejects_missing_rate_and_length_mismatch(demo):
+    with pytest.raises(ValueError, match="no bpp"):
+        demo.curve_from({"a": {"bbox": {"AP": 1.0}, "rate": {"side_bpp": 0.0}}}, "x264", "direct", [17], ["a"])
+    with pytest.raises(ValueError, match="qualities"):
+        demo.curve_from({"a": _result(1.0, 0.1)}, "x264", "direct", [17, 22], ["a"])
+
+
+def test_strongest_point_is_the_lowest_rate_of_the_anchor(demo):
+    res = {"a": _result(24.0, 0.6), "b": _result(12.0, 0.1)}
+    curves = [demo.curve_from(res, "x264", "direct", [17, 32], ["a", "b"]),
+              demo.curve_from(res, "x264", "ours", [17, 32], ["a", "b"])]
+    lines = demo.strongest_point_lines(curves, clean_metric=30.0)
+    assert len(lines) == 1  # only the anchor method
+    assert "q32" in lines[0] and "60.0% relative AP loss" in lines[0]
+    with pytest.raises(ValueError):
+        demo.relative_loss(0.0, 1.0)
+
+
+def test_points_table_has_a_cell_per_quality(demo):
+    res = {"a": _result(24.0, 0.6, 0.013), "b": _result(12.0, 0.1)}
+    curves = [demo.curve_from(res, "x265", "ours", [17, 32], ["a", "b"]),
+              demo.curve_from({"a": res["a"]}, "x264", "direct", [17], ["a"])]
+    table = demo.points_table(curves).splitlines()
+    assert table[0] == "| curve | q17 | q32 |"
+    x264 = next(line for line in table if line.startswith("| x264/direct"))
+    assert x264.endswith("| - |")  # no q32 point
+    x265 = next(line for line in table if line.startswith("| x265/ours"))
+    assert "24.0 @ 0.6000 (0.0130)" in x265 and "12.0 @ 0.1000 |" in x265
+
+
+def test_method_cfg_applies_schedule_data_and_weights(demo, tmp_path):
+    cfg = demo.method_cfg("ours", str(tmp_path), iters=40, weights="clean.pth",
+                          train_sets=["a@x264_q17", "a@x265_q17"])
+    assert cfg.MODEL.META_ARCHITECTURE == "CDRERCNN"
+    assert cfg.VCM.PAIRS.LOAD_ORIGINAL
+    assert cfg.SOLVER.MAX_ITER == 40 and tuple(cfg.SOLVER.STEPS) == (30,)
+    assert tuple(cfg.DATASETS.TRAIN) == ("a@x264_q17", "a@x265_q17")
+    assert cfg.MODEL.WEIGHTS == "clean.pth" and cfg.OUTPUT_DIR == str(tmp_path)
+    fd = demo.method_cfg("ours_fd", str(tmp_path), iters=40, weights="w", train_sets=["a"])
+    assert list(fd.MODEL.VCM.TRAINABLE) == ["cdre_encoder", "backbone.bottom_up.cdre"]
+    head = demo.method_cfg("head_ft", str(tmp_path), iters=40, weights="w", train_sets=["a"])
+    assert list(head.MODEL.VCM.FREEZE) == ["backbone"] and head.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    with pytest.raises(ValueError, match="unknown method"):
+        demo.method_cfg("nope", str(tmp_path), iters=1, weights="w", train_sets=["a"])
+    with pytest.raises(ValueError, match="iterations"):
+        demo.method_cfg("ours", str(tmp_path), iters=0, weights="w", train_sets=["a"])
+    with pytest.raises(ValueError, match="no training sets"):
+        demo.method_cfg("ours", str(tmp_path), iters=1, weights="w", train_sets=[])
+
+
+def test_evaluate_returns_cached_results_without_building_a_model(demo, tmp_path):
+    cache = tmp_path / "eval.json"
+    cache.write_text(json.dumps({"a": _result(5.0, 0.1), "b": _result(6.0, 0.2)}))
+    # cfg None would fail if a model were built: everything must come from the cache
+    out = demo.evaluate(None, "missing.pth", ["b", "a"], str(cache))
+    assert list(out) == ["b", "a"] and out["a"]["bbox"]["AP"] == 5.0
+
+
+def test_train_skips_a_finished_run(demo, tmp_path):
+    cfg = demo.model_cfg(demo.CLEAN_CONFIG, str(tmp_path))
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    assert demo.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    assert not (tmp_path / "metrics.json").exists()  # no trainer was run
