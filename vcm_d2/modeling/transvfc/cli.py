@@ -3,7 +3,6 @@ reading video frames, preparing them like detectron2's DefaultPredictor, buildin
 model from a config, and atomic writes."""
 import io
 import os
-import tempfile
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -13,6 +12,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image, ImageDraw
 
+from ...utils.io import atomic_write_bytes
 from .meta_arch import TransVFC
 
 __all__ = [
@@ -109,19 +109,6 @@ def load_coding_model(cfg) -> TransVFC:
     model.eval()
     model.prepare_for_coding()
     return model
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_tensors(path: str, tensors: List[torch.Tensor]) -> None:

@@ -20,13 +20,12 @@ exactly to ``8 * len(stream)``.
 Bit-exact decoding needs the encoder's model (checked by the caller with ``model_hash``) and
 its torch thread count (``threads``): CPU convolutions split their reductions by thread.
 """
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import List, Mapping, Sequence, Tuple
 
+from ...utils.io import atomic_write_bytes
 from .codec import RECORD_STRINGS
 
 __all__ = [
@@ -278,16 +277,7 @@ def frame_bits(data: bytes) -> List[int]:
 
 def save_stream(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tvfc", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
 
 
 def load_stream(path: str) -> bytes:
