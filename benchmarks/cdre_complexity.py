@@ -186,8 +186,9 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
                                              submodules=["extractor", "encoder"], time_runs=0)
     rows["distortion decoder (CNN)"] = complexity_report(side.decoder, (y_hat,), num_pixels=px,
                                                          time_runs=0)
-    rows["embedding (R50 stage inputs)"] = complexity_report(Embedding(side), (d0, *feats),
-                                                             num_pixels=px, time_runs=0)
+    per_stage = [f"side.embedding.{part}.{n}" for n in side.stage_names for part in ("transforms", "fusions")]
+    rows["embedding (R50 stage inputs)"] = complexity_report(Embedding(side), (d0, *feats), num_pixels=px,
+                                                             submodules=per_stage, time_runs=0)
     rows["decoder side (decoder + embedding)"] = complexity_report(DecoderSide(side), (y_hat, *feats),
                                                                    num_pixels=px, time_runs=0)
     rows["Faster R-CNN R50-FPN backbone"] = complexity_report(plain.backbone, (x,), num_pixels=px,
@@ -385,12 +386,20 @@ def report_text(args, part12: Dict, part3: Dict) -> str:
                            c["embedding (R50 stage inputs)"]["total"],
                            c["decoder side (decoder + embedding)"]["total"])
     total_p = part12["encoder_params"] + part12["decoder_side_params"]
+
+    def part_sum(tag, field):
+        return sum(getattr(m, field) for m in c["embedding (R50 stage inputs)"]["modules"] if tag in m.name)
+
     lines = [f"# CDRE complexity at {w}x{h} (R50 widths, CNN version)", "",
              "| quantity | ours | paper |", "|---|---|---|",
              f"| encoder-side params | {_fmt_k(enc.params)} | {_fmt_k(PAPER['encoder_params'])} |",
              f"| encoder-side MACs/px | {_fmt_k(enc.macs_per_pixel)} | {_fmt_k(PAPER['encoder_macs_px'])} |",
              f"| distortion decoder MACs/px | {_fmt_k(dec.macs_per_pixel)} | - |",
              f"| embedding MACs/px | {_fmt_k(emb.macs_per_pixel)} | - |",
+             f"| - of which transform blocks d_i (params / MACs/px) | {_fmt_k(part_sum('.transforms.', 'params'))} / "
+             f"{_fmt_k(part_sum('.transforms.', 'macs_per_pixel'))} | - |",
+             f"| - of which fusions f + Proj(CA(SA(f, d))) (params / MACs/px) | "
+             f"{_fmt_k(part_sum('.fusions.', 'params'))} / {_fmt_k(part_sum('.fusions.', 'macs_per_pixel'))} | - |",
              f"| decoder side (decoder + embedding) MACs/px | {_fmt_k(side.macs_per_pixel)} | "
              f"{_fmt_k(PAPER['cnn_decoder_macs_px'])} (\"CNN-version decoder\") |",
              f"| decoder-side params | {_fmt_k(part12['decoder_side_params'])} | - |",
