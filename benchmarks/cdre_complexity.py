@@ -191,7 +191,10 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
                                                              submodules=per_stage, time_runs=0)
     rows["decoder side (decoder + embedding)"] = complexity_report(DecoderSide(side), (y_hat, *feats),
                                                                    num_pixels=px, time_runs=0)
-    rows["Faster R-CNN R50-FPN backbone"] = complexity_report(plain.backbone, (x,), num_pixels=px,
+    # FPN needs sizes divisible by its size_divisibility: pad as the model's preprocessing does.
+    div = plain.backbone.size_divisibility
+    padded = nn.functional.pad(x, (0, -w % div, 0, -h % div))
+    rows["Faster R-CNN R50-FPN backbone"] = complexity_report(plain.backbone, (padded,), num_pixels=px,
                                                               time_runs=0)
     enc_p = sum(p.numel() for p in cdre.cdre_encoder.parameters())
     dec_p = sum(p.numel() for p in side.parameters())

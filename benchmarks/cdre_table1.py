@@ -30,7 +30,6 @@ import importlib.util
 import logging
 import os
 import sys
-import time
 
 import torch
 from detectron2.utils.logger import setup_logger
@@ -103,51 +102,48 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(args.threads if args.threads > 0 else max(1, os.cpu_count() or 1))
     extra = ["SEED", args.seed] + list(args.opts)
-    timings = {}
-    t_start = time.time()
+    times = demo.StepTimes(os.path.join(out, demo.TIMINGS_FILE))
     if args.transfer_codecs and args.transfer_train_codec not in args.codecs:
         raise ValueError(f"--transfer-train-codec {args.transfer_train_codec} must be one of --codecs "
                          f"{args.codecs} (its training pairs are compressed with them)")
 
     logger.info("[1/5] compression")
-    t0 = time.time()
-    root = os.path.join(out, "compressed")
-    pairs = demo.compress_pairs((demo.TRAIN_SET, demo.VAL_SET), args.codecs, args.qualities, root,
-                                {"gop": args.gop}, args.workers)
-    for codec in args.transfer_codecs:
-        if codec not in args.codecs:
+    root, splits = os.path.join(out, "compressed"), (demo.TRAIN_SET, demo.VAL_SET)
+    extra_codecs = [c for c in args.transfer_codecs if c not in args.codecs]
+    done = demo.is_compressed(splits, args.codecs, args.qualities, root) and all(
+        demo.is_compressed((demo.VAL_SET,), [c], qualities_of(c, args), root) for c in extra_codecs)
+    with times.step("compress", done):
+        pairs = demo.compress_pairs(splits, args.codecs, args.qualities, root, {"gop": args.gop}, args.workers)
+        for codec in extra_codecs:
             pairs.update(demo.compress_pairs((demo.VAL_SET,), [codec], qualities_of(codec, args), root,
                                              {"gop": args.gop}, args.workers))
-    timings["compress"] = time.time() - t0
     val = lambda codec: pairs[demo.VAL_SET, codec]  # noqa: E731
     test_codecs = list(dict.fromkeys(list(args.codecs) + list(args.transfer_codecs)))
 
     logger.info("[2/5] clean detector (%d iterations)", args.train_iters)
-    t0 = time.time()
     clean_cfg = demo.model_cfg(demo.CLEAN_CONFIG, os.path.join(out, "clean"),
                                ["SOLVER.MAX_ITER", args.train_iters] + extra)
-    clean = demo.train(clean_cfg)
-    timings["train_clean"] = time.time() - t0
+    with times.step("train_clean", demo.is_trained(clean_cfg)):
+        clean = demo.train(clean_cfg)
 
     logger.info("[3/5] direct test on %s", test_codecs)
-    t0 = time.time()
-    direct = demo.evaluate(clean_cfg, clean, [demo.VAL_SET] + [n for c in test_codecs for n in val(c)],
-                           os.path.join(out, "clean", "eval.json"))
+    direct_sets = [demo.VAL_SET] + [n for c in test_codecs for n in val(c)]
+    cache = os.path.join(out, "clean", "eval.json")
+    with times.step("eval_direct", demo.is_evaluated(direct_sets, cache)):
+        direct = demo.evaluate(clean_cfg, clean, direct_sets, cache)
     direct_curves = {c: demo.curve_from(direct, c, demo.ANCHOR_METHOD, qualities_of(c, args), val(c))
                      for c in test_codecs}
-    timings["eval_direct"] = time.time() - t0
     clean_ap = direct[demo.VAL_SET]["bbox"][demo.METRIC]
 
     def run(method, train_codecs, test, label):
         d = run_dir(out, method, train_codecs, args.iters)
         train_sets = [n for c in train_codecs for n in pairs[demo.TRAIN_SET, c]]
         cfg = demo.method_cfg(method, d, iters=args.iters, weights=clean, train_sets=train_sets, extra=extra)
-        t0 = time.time()
-        weights = demo.train(cfg)
-        timings[f"train_{label}"] = time.time() - t0
-        t0 = time.time()
-        res = demo.evaluate(cfg, weights, [n for c in test for n in val(c)], os.path.join(d, "eval.json"))
-        timings[f"eval_{label}"] = time.time() - t0
+        with times.step(f"train_{label}", demo.is_trained(cfg)):
+            weights = demo.train(cfg)
+        sets, cache = [n for c in test for n in val(c)], os.path.join(d, "eval.json")
+        with times.step(f"eval_{label}", demo.is_evaluated(sets, cache)):
+            res = demo.evaluate(cfg, weights, sets, cache)
         meta = {"iters": args.iters, "trained_on": list(train_codecs)}
         return [demo.curve_from(res, c, label, qualities_of(c, args), val(c), meta=meta) for c in test]
 
@@ -164,12 +160,12 @@ def main(argv=None):
         for method in args.transfer_methods:
             fig6 += run(method, [args.transfer_train_codec], args.transfer_codecs,
                         f"{method}@{args.transfer_train_codec}")
-    timings["total"] = time.time() - t_start
 
     common = [f"Clean detector: uncompressed validation {demo.METRIC} **{clean_ap:.1f}** "
               f"({args.train_iters} iterations). Trained methods: {args.iters} iterations each from "
               "the clean detector.", ""]
-    timing = demo.timing_line(timings) + " (steps resumed from a previous run take ~0 s)"
+    timing = (times.line() + f" (each step timed in the run that did it, {torch.get_num_threads()} torch "
+              "thread(s); total = their sum)")
     reports = [("table1", "CDRE Table I (synthetic benchmark)", table,
                 f"Training data: pooled {' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}."),
                ("fig6", "CDRE Fig. 6: codec transfer (synthetic benchmark)", fig6,

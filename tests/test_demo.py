@@ -102,3 +102,34 @@ def test_train_skips_a_finished_run(demo, tmp_path):
     (tmp_path / "model_final.pth").write_bytes(b"")
     assert demo.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
     assert not (tmp_path / "metrics.json").exists()  # no trainer was run
+
+
+def test_step_times_keep_the_time_of_the_run_that_did_the_step(demo, tmp_path):
+    path = str(tmp_path / "timings.json")
+    times = demo.StepTimes(path)
+    with times.step("train", done_before=False):
+        pass
+    assert "train" in times.times
+    with open(path) as f:
+        stored = json.load(f)
+    stored["train"] = 123.0
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    resumed = demo.StepTimes(path)
+    with resumed.step("train", done_before=True):  # skipped: keeps 123 s
+        pass
+    with resumed.step("eval", done_before=True):  # never timed: not listed
+        pass
+    assert resumed.times == {"train": 123.0}
+    assert resumed.line() == "Timings (s): train 123, total 123"
+
+
+def test_is_evaluated_and_is_trained(demo, tmp_path):
+    cache = tmp_path / "eval.json"
+    assert not demo.is_evaluated(["a"], str(cache))
+    cache.write_text(json.dumps({"a": _result(1.0, 0.1)}))
+    assert demo.is_evaluated(["a"], str(cache)) and not demo.is_evaluated(["a", "b"], str(cache))
+    cfg = demo.model_cfg(demo.CLEAN_CONFIG, str(tmp_path))
+    assert not demo.is_trained(cfg)
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    assert demo.is_trained(cfg)

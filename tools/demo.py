@@ -17,6 +17,7 @@ Every step is resumable: rerunning skips finished compression, training and eval
 (delete a model folder to retrain it). --finetune-iters 0 / --cdre-iters 0 skip those rows.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -29,9 +30,9 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
-from vcm_d2.data.pairs import pair_dataset_name, register_pair_dataset
+from vcm_d2.data.pairs import MANIFEST_FILENAME, pair_dataset_name, register_pair_dataset
 from vcm_d2.engine import VCMTrainer, get_vcm_cfg
-from vcm_d2.engine.compress import compress_dataset
+from vcm_d2.engine.compress import compress_dataset, output_dir_for
 from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
@@ -51,14 +52,19 @@ DEFAULT_QUALITIES = (17, 22, 27, 32)
 # The fine-tunes drop their lr 10x after this fraction of the iterations (as the configs do).
 LR_DROP_FRACTION = 0.75
 TASK, METRIC = "detection", "AP"
+TIMINGS_FILE = "timings.json"
 
 logger = logging.getLogger("vcm_d2.demo")
 
 
+class _HelpFormatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the docstring's layout and shows every option's default."""
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--output", default="output/demo", help="output folder (resumable)")
-    p.add_argument("--codecs", nargs="+", default=["x264", "x265"])
+    p.add_argument("--codecs", nargs="+", default=["x264", "x265"], help="video codecs (vcm_d2 codec names)")
     p.add_argument("--qualities", nargs="+", type=float, default=list(DEFAULT_QUALITIES),
                    help="CRF values (higher = stronger compression)")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the video codecs")
@@ -101,6 +107,42 @@ def method_cfg(method: str, output_dir: str, *, iters: int, weights: str,
         "MODEL.WEIGHTS", weights,
         "DATASETS.TRAIN", tuple(train_sets),
     ] + list(extra))
+
+
+def is_trained(cfg) -> bool:
+    return os.path.exists(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+
+
+def is_evaluated(datasets: Sequence[str], cache_file: str) -> bool:
+    cache = _load_cache(cache_file)
+    return all(d in cache for d in datasets)
+
+
+def is_compressed(splits: Sequence[str], codecs: Sequence[str], qualities: Sequence[float], root: str) -> bool:
+    return all(os.path.exists(os.path.join(output_dir_for(root, s, c, q), MANIFEST_FILENAME))
+               for s in splits for c in codecs for q in qualities)
+
+
+class StepTimes:
+    """Seconds per pipeline step, kept in a JSON file across resumed runs: a step that is
+    skipped because it was already done keeps the time of the run that did it (and is not
+    listed if that run was not timed)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.times: Dict[str, float] = _load_cache(path)
+
+    @contextlib.contextmanager
+    def step(self, name: str, done_before: bool):
+        start = time.time()
+        yield
+        if not done_before:
+            self.times[name] = time.time() - start
+            _write_json_atomic(self.path, self.times)
+
+    def line(self) -> str:
+        total = sum(self.times.values())
+        return timing_line({**self.times, "total": total})
 
 
 def train(cfg) -> str:
@@ -248,32 +290,29 @@ def main(argv=None):
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    timings = {}
-    t_start = time.time()
+    times = StepTimes(os.path.join(out, TIMINGS_FILE))
     extra = ["SEED", args.seed] + list(args.opts)
 
     logger.info("[1/6] compressing train/val with %s at %s", args.codecs, args.qualities)
-    t0 = time.time()
-    pair_names = compress_pairs((TRAIN_SET, VAL_SET), args.codecs, args.qualities,
-                                os.path.join(out, "compressed"), {"gop": args.gop}, args.workers)
-    timings["compress"] = time.time() - t0
+    root, splits = os.path.join(out, "compressed"), (TRAIN_SET, VAL_SET)
+    with times.step("compress", is_compressed(splits, args.codecs, args.qualities, root)):
+        pair_names = compress_pairs(splits, args.codecs, args.qualities, root, {"gop": args.gop},
+                                    args.workers)
     train_all = [n for c in args.codecs for n in pair_names[TRAIN_SET, c]]
     val_all = [n for c in args.codecs for n in pair_names[VAL_SET, c]]
 
     logger.info("[2/6] clean detector, %d iterations", args.train_iters)
-    t0 = time.time()
     clean_cfg = model_cfg(CLEAN_CONFIG, os.path.join(out, "clean"),
                           ["SOLVER.MAX_ITER", args.train_iters] + extra)
-    clean_weights = train(clean_cfg)
-    timings["train_clean"] = time.time() - t0
+    with times.step("train_clean", is_trained(clean_cfg)):
+        clean_weights = train(clean_cfg)
 
     logger.info("[3/6] direct test on %d sets", len(val_all) + 1)
-    t0 = time.time()
-    direct = evaluate(clean_cfg, clean_weights, [VAL_SET] + val_all,
-                      os.path.join(out, "clean", "eval.json"))
+    direct_sets, cache = [VAL_SET] + val_all, os.path.join(out, "clean", "eval.json")
+    with times.step("eval_direct", is_evaluated(direct_sets, cache)):
+        direct = evaluate(clean_cfg, clean_weights, direct_sets, cache)
     curves = [curve_from(direct, c, ANCHOR_METHOD, args.qualities, pair_names[VAL_SET, c])
               for c in args.codecs]
-    timings["eval_direct"] = time.time() - t0
 
     runs = [("full_ft", args.finetune_iters), ("ours", args.cdre_iters), ("ours_fd", args.cdre_iters)]
     for step, (method, iters) in enumerate(runs, start=4):
@@ -281,29 +320,31 @@ def main(argv=None):
             logger.info("[%d/6] %s skipped (0 iterations)", step, method)
             continue
         logger.info("[%d/6] %s: %d iterations on %d pooled sets", step, method, iters, len(train_all))
-        t0 = time.time()
         cfg = method_cfg(method, os.path.join(out, method), iters=iters, weights=clean_weights,
                          train_sets=train_all, extra=extra)
-        weights = train(cfg)
-        timings[f"train_{method}"] = time.time() - t0
-        t0 = time.time()
-        res = evaluate(cfg, weights, val_all, os.path.join(out, method, "eval.json"))
+        with times.step(f"train_{method}", is_trained(cfg)):
+            weights = train(cfg)
+        cache = os.path.join(out, method, "eval.json")
+        with times.step(f"eval_{method}", is_evaluated(val_all, cache)):
+            res = evaluate(cfg, weights, val_all, cache)
         curves += [curve_from(res, c, method, args.qualities, pair_names[VAL_SET, c],
                               meta={"iters": iters, "trained_on": args.codecs})
                    for c in args.codecs]
-        timings[f"eval_{method}"] = time.time() - t0
-    timings["total"] = time.time() - t_start
 
     logger.info("[6/6] report")
     curve_dir = os.path.join(out, "curves")
     for curve in curves:
         save_curve(curve, os.path.join(curve_dir, curve.name.replace("/", "_") + ".json"))
     clean_ap = direct[VAL_SET]["bbox"][METRIC]
-    lines = [f"Uncompressed validation {METRIC} of the clean detector: **{clean_ap:.1f}**", ""]
+    lines = [f"Uncompressed validation {METRIC} of the clean detector: **{clean_ap:.1f}** "
+             f"({args.train_iters} iterations). full_ft / ours / ours_fd: {args.finetune_iters} / "
+             f"{args.cdre_iters} / {args.cdre_iters} iterations from it on pooled "
+             f"{' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}; "
+             f"seed {args.seed}.", ""]
     lines += strongest_point_lines(curves, clean_ap)
     lines += ["", f"{METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, "
                   "included in bpp):", "", points_table(curves), "",
-              timing_line(timings) + " (steps resumed from a previous run take ~0 s)"]
+              times.line() + " (each step timed in the run that did it; total = their sum)"]
     report = write_report(curves, anchor_per_codec=ANCHOR_METHOD, output_dir=out,
                           preamble="\n".join(lines))
     logger.info(f"report written to {report}")
