@@ -49,9 +49,6 @@ demo = _load_demo()
 
 TABLE_METHODS = ("head_ft", "full_ft", "ours_fd", "ours")
 TRANSFER_METHODS = ("full_ft", "ours")
-# vvenc QPs whose bpp on the synthetic validation set spans about the range of x264/x265 at
-# CRF 17-32: measured 0.52 / 0.41 / 0.27 / 0.14 bpp (x264: 0.60 / 0.38 / 0.23 / 0.13).
-DEFAULT_VVC_QUALITIES = (16, 19, 23, 28)
 # Iterations of every trained method (2x the demo's; one schedule for all methods).
 DEFAULT_ITERS = 400
 
@@ -65,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--qualities", nargs="+", type=float, default=list(demo.DEFAULT_QUALITIES),
                    help="CRF values of --codecs")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the video codecs")
-    p.add_argument("--train-iters", type=int, default=600, help="clean detector iterations")
+    p.add_argument("--train-iters", type=int, default=demo.DEFAULT_TRAIN_ITERS, help="clean detector iterations")
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="iterations of every trained method")
     p.add_argument("--methods", nargs="+", default=list(TABLE_METHODS), choices=sorted(demo.METHOD_CONFIGS),
                    help="Table I methods to train")
@@ -74,7 +71,7 @@ def parse_args(argv=None):
                    help="Fig. 6: test codecs (none: skip Fig. 6)")
     p.add_argument("--transfer-methods", nargs="+", default=list(TRANSFER_METHODS),
                    choices=sorted(demo.METHOD_CONFIGS))
-    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(DEFAULT_VVC_QUALITIES),
+    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(demo.DEFAULT_VVC_QUALITIES),
                    help="vvenc QPs of the vvc test sets")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every training (weights init, data order); < 0: random")

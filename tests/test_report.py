@@ -117,6 +117,16 @@ def test_write_report_named_anchor(tmp_path, curves):
         write_report(curves, output_dir=tmp_path)
 
 
+def test_write_report_one_plot_per_task(tmp_path, curves):
+    md = write_report(curves, anchor="x264/direct", output_dir=tmp_path, plot_by="task").read_text()
+    assert "curve_detection_all.png" in md and "curve_detection_x264.png" not in md
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["curve_detection_all.png"]
+    with Image.open(tmp_path / "curve_detection_all.png") as im:
+        assert im.size[0] > 0
+    with pytest.raises(ValueError, match="plot_by must be one of"):
+        write_report(curves, anchor="x264/direct", output_dir=tmp_path, plot_by="method")
+
+
 def test_write_report_missing_codec_anchor_and_mixed_metrics(tmp_path, curves):
     md = write_report(curves + [_curve("vvc", "finetune", BPP, [21.0, 29.0, 35.0, 39.0])],
                       anchor_per_codec="direct", output_dir=tmp_path).read_text()

@@ -14,6 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode as CN
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from PIL import Image
@@ -137,6 +138,33 @@ def test_checkpoint_of_a_plain_detector_supplies_head_perception_and_tail(tmp_pa
     assert torch.allclose(got.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-4)
     assert torch.allclose(got.scores, expected.scores, atol=1e-6)
     assert torch.equal(got.pred_classes, expected.pred_classes)
+
+
+def test_pixel_inference_is_each_task_network_on_the_frame(tmp_path):
+    """INFERENCE_INPUT "pixels" (the pixel-codec anchor) = the detector / segmentation network
+    on the input frame, no coding, no bits."""
+    torch.manual_seed(0)
+    detector = build_model(_cfg(SLIM_DETECTOR)).eval()
+    DetectionCheckpointer(detector, save_dir=str(tmp_path)).save("detector")
+    model = _model(SLIM, "MODEL.VCM.TRANSVFC.TASKS", str(BOTH_TASKS),
+                   "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", "pixels", seed=1)
+    DetectionCheckpointer(model).load(str(tmp_path / "detector.pth"))
+    model.eval()
+    frames = [{"image": _image(96, 128, seed=s), "height": 192, "width": 256, "video_id": 0,
+               "frame_idx": s} for s in range(2)]
+    with torch.no_grad():
+        expected = detector([dict(f) for f in frames])
+        got = model(frames)
+        seg = model.tasks["sem_seg"]
+        logits = seg._logits(seg.high_features(seg.target_feature(frames[1]["image"][None].float())))
+    for g, e in zip(got, expected):
+        assert "bits" not in g
+        assert torch.allclose(g["instances"].pred_boxes.tensor, e["instances"].pred_boxes.tensor,
+                              atol=1e-4)
+        assert torch.equal(g["instances"].pred_classes, e["instances"].pred_classes)
+    expected_seg = sem_seg_postprocess(logits[0], (96, 128), 192, 256)
+    assert got[1]["sem_seg"].shape == (6, 192, 256)
+    assert torch.allclose(got[1]["sem_seg"], expected_seg, atol=1e-5)
 
 
 def test_checkpoint_shape_mismatch_is_skipped_with_a_warning(tmp_path, caplog):
@@ -442,6 +470,8 @@ def test_config_errors():
         _model(SLIM, "MODEL.VCM.TRANSVFC.TASKS", "['DEPTH']")
     with pytest.raises(ValueError, match="TRAIN_STAGE"):
         _model(SLIM, "MODEL.VCM.TRANSVFC.TRAIN_STAGE", "joint")
+    with pytest.raises(ValueError, match="INFERENCE_INPUT"):
+        _model(SLIM, "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", "decoded_pixels")
     with pytest.raises(ValueError, match="QUALITY_INDEX"):
         _model(SLIM, "MODEL.VCM.TRANSVFC.QUALITY_INDEX", "256")
     with pytest.raises(ValueError, match="MODEL_ID"):

@@ -49,6 +49,11 @@ ANCHOR_METHOD = "direct"
 # CRF points: CRF 17 already costs the clean detector ~20% AP, CRF 32 ~55%; beyond ~CRF 40 the
 # AP of every method is ~1-2 and BD-rates there measure noise.
 DEFAULT_QUALITIES = (17, 22, 27, 32)
+# vvenc QPs whose bpp on the synthetic validation set spans about the range of x264/x265 at
+# DEFAULT_QUALITIES: measured 0.52 / 0.41 / 0.27 / 0.14 bpp (x264: 0.60 / 0.38 / 0.23 / 0.13).
+DEFAULT_VVC_QUALITIES = (16, 19, 23, 28)
+# Iterations of the clean slim detector every method starts from.
+DEFAULT_TRAIN_ITERS = 600
 # The fine-tunes drop their lr 10x after this fraction of the iterations (as the configs do).
 LR_DROP_FRACTION = 0.75
 TASK, METRIC = "detection", "AP"
@@ -68,7 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--qualities", nargs="+", type=float, default=list(DEFAULT_QUALITIES),
                    help="CRF values (higher = stronger compression)")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the video codecs")
-    p.add_argument("--train-iters", type=int, default=600, help="clean detector iterations")
+    p.add_argument("--train-iters", type=int, default=DEFAULT_TRAIN_ITERS,
+                   help="clean detector iterations")
     p.add_argument("--finetune-iters", type=int, default=150,
                    help="full fine-tune iterations (pooled codecs); 0 skips it")
     p.add_argument("--cdre-iters", type=int, default=150,
@@ -222,8 +228,10 @@ def compress_pairs(splits: Sequence[str], codecs: Sequence[str], qualities: Sequ
 
 
 def curve_from(results: Mapping, codec: str, method: str, qualities: Sequence[float],
-               names: Sequence[str], meta: Mapping = None) -> RateTaskCurve:
-    """Rate-task curve of one (codec, method) from ``evaluate`` results of its datasets."""
+               names: Sequence[str], meta: Mapping = None, *, task: str = TASK,
+               result_key: str = "bbox", metric: str = METRIC) -> RateTaskCurve:
+    """Rate-task curve of one (codec, method) from ``evaluate`` results of its datasets
+    (``metric`` read from ``results[name][result_key]``, e.g. "sem_seg" / "mIoU")."""
     if len(qualities) != len(names):
         raise ValueError(f"{len(qualities)} qualities but {len(names)} datasets")
     points = []
@@ -231,9 +239,9 @@ def curve_from(results: Mapping, codec: str, method: str, qualities: Sequence[fl
         r = results[name]
         if "bpp" not in r.get("rate", {}):
             raise ValueError(f"{name}: no bpp in the evaluation results (records without bits?)")
-        points.append({"quality": q, "bpp": r["rate"]["bpp"], "metric": r["bbox"][METRIC],
+        points.append({"quality": q, "bpp": r["rate"]["bpp"], "metric": r[result_key][metric],
                        "side_bpp": r["rate"].get("side_bpp", 0.0)})
-    return RateTaskCurve(name=f"{codec}/{method}", task=TASK, metric=METRIC, codec=codec,
+    return RateTaskCurve(name=f"{codec}/{method}", task=task, metric=metric, codec=codec,
                          method=method, points=points, meta=dict(meta or {}))
 
 

@@ -33,6 +33,10 @@ __all__ = ["RateTaskCurve", "save_curve", "load_curve", "load_curves", "write_re
 REQUIRED_FIELDS = ("name", "task", "metric", "codec", "method", "points")
 POINT_FIELDS = ("quality", "bpp", "metric")
 REPORT_NAME = "report.md"
+# write_report(plot_by=...): one plot per (task, codec), or one per task with every curve
+# (file curve_<task>_all.png).
+PLOT_BY = ("codec", "task")
+ALL_CODECS = "all"
 # Number formatting in the report tables.
 BD_RATE_FMT = "{:+.2f}"
 BD_METRIC_FMT = "{:+.3f}"
@@ -254,7 +258,8 @@ def _mantissa(value: float) -> int:
     return round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
 
 
-def _plot(task: str, codec: str, curves: List[RateTaskCurve], path: Path, log_x: bool) -> None:
+def _plot(task: str, codec: str, curves: List[RateTaskCurve], path: Path, log_x: bool,
+          label_by: str = "codec") -> None:
     # Figure + Agg canvas directly: no pyplot global state, no backend switching.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -263,8 +268,9 @@ def _plot(task: str, codec: str, curves: List[RateTaskCurve], path: Path, log_x:
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for c in sorted(curves, key=lambda c: c.method):
-        ax.plot(c.rates(), c.metrics(), marker="o", label=c.method)
+    # One codec per plot: the methods tell the curves apart; otherwise their full names.
+    for c in sorted(curves, key=lambda c: c.method if label_by == "codec" else c.name):
+        ax.plot(c.rates(), c.metrics(), marker="o", label=c.method if label_by == "codec" else c.name)
     if log_x:
         ax.set_xscale("log")
         # Plain numbers (0.05, 0.1) instead of the default 5x10^-2 tick labels; minor ticks
@@ -276,7 +282,7 @@ def _plot(task: str, codec: str, curves: List[RateTaskCurve], path: Path, log_x:
     ax.set_ylabel(curves[0].metric)
     ax.set_title(f"{task} - {codec}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="method")
+    ax.legend(title="method" if label_by == "codec" else "curve")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -288,7 +294,7 @@ def write_report(curves: Sequence[RateTaskCurve], *, output_dir: PathLike,
                  anchor_per_codec: Optional[str] = None, method: str = "pchip",
                  on_non_monotonic: str = "drop", min_overlap: float = MIN_OVERLAP,
                  log_x: bool = False, title: str = "Rate-task report",
-                 preamble: str = "") -> Path:
+                 preamble: str = "", plot_by: str = "codec") -> Path:
     """Write ``output_dir/report.md`` and ``curve_<task>_<codec>.png`` plots; returns the
     report path.
 
@@ -300,6 +306,8 @@ def write_report(curves: Sequence[RateTaskCurve], *, output_dir: PathLike,
         method, on_non_monotonic, min_overlap: passed to ``bd_rate``/``bd_metric``.
         log_x: log-scale rate axis in the plots.
         title, preamble: report heading and free markdown placed under it.
+        plot_by: "codec" (one plot per task and codec: the methods on one codec) or "task"
+            (one plot per task with every curve, e.g. codecs against each other).
     """
     if not curves:
         raise ValueError("no curves to report")
@@ -310,6 +318,8 @@ def write_report(curves: Sequence[RateTaskCurve], *, output_dir: PathLike,
             (on_non_monotonic == "keep" and method != "cubic"):
         raise ValueError(f"on_non_monotonic '{on_non_monotonic}' is not valid with method "
                          f"'{method}' (policies {NON_MONOTONIC_POLICIES}; 'keep' is cubic only)")
+    if plot_by not in PLOT_BY:
+        raise ValueError(f"plot_by must be one of {PLOT_BY}, got {plot_by!r}")
     by_task = _group(curves)
     _check_anchor_args(by_task, anchor, anchor_per_codec)
     out = Path(output_dir)
@@ -377,13 +387,13 @@ def write_report(curves: Sequence[RateTaskCurve], *, output_dir: PathLike,
         lines.append("")
         by_codec: Dict[str, List[RateTaskCurve]] = {}
         for c in group:
-            by_codec.setdefault(c.codec, []).append(c)
+            by_codec.setdefault(c.codec if plot_by == "codec" else ALL_CODECS, []).append(c)
         for codec in sorted(by_codec):
             png = f"curve_{_safe(task)}_{_safe(codec)}.png"
             if plots.setdefault(png, (task, codec)) != (task, codec):
                 raise ValueError(f"plot file name {png} is shared by {plots[png]} and "
                                  f"{(task, codec)}; rename a task or codec")
-            _plot(task, codec, by_codec[codec], out / png, log_x)
+            _plot(task, codec, by_codec[codec], out / png, log_x, label_by=plot_by)
             lines += [f"![{_md(task)} {_md(codec)}]({png})", ""]
 
     if notes:

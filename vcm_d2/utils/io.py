@@ -6,16 +6,27 @@ from typing import Any, BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json"]
 
+_DEFAULT_FILE_MODE = 0o666  # what open() requests for a new file, before the umask
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: "os.PathLike[str] | str", write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(f)`` on a temp file next to ``path``, fsync it, then ``os.replace`` it.
 
-    The temp file is removed if ``write`` raises; the folder is created if needed."""
+    The file gets the permissions a plain ``open(path, "w")`` would (0666 minus the umask; mkstemp
+    alone gives 0600). The temp file is removed if ``write`` raises; the folder is created if
+    needed."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, _DEFAULT_FILE_MODE & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

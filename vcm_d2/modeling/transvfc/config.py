@@ -150,6 +150,11 @@ def _add_meta_arch_config(T):
     # Evaluation keeps one open stream (reference feature) per video_id; beyond this many the
     # least recently used is closed (its next frame starts a new stream with an I-frame).
     T.EVAL_MAX_OPEN_VIDEOS = 64
+    # What the task networks see in inference: "coded_features" (TransVFC: the frame's res2
+    # feature through the codec and each task's FST, bits reported per frame) or "pixels" (each
+    # task network on the input frame itself, no feature coding and no bits: the anchor of a
+    # pixel codec whose decoded frames and bits come from a pair dataset).
+    T.INFERENCE_INPUT = "coded_features"
 
     # ------------------------------------------------------------------ tasks
     # Task nodes (under TASK) whose FST + frozen tail are built, in order. Every task runs in
@@ -189,6 +194,7 @@ def _add_meta_arch_config(T):
     T.TASK.SEM_SEG.FORMAT = ""
     # Keys of cfg.MODEL.RESNETS for the segmentation backbone (detectron2 / DeepLab names;
     # depth 18/34 builds a plain ResNet, depth >= 50 the DeepLab ResNet with dilated res5).
+    # OUT_FEATURES (default res2..res5) may stop earlier: later stages are then not built.
     T.TASK.SEM_SEG.RESNETS = CN(new_allowed=True)
     T.TASK.SEM_SEG.RESNETS.DEPTH = 50
     T.TASK.SEM_SEG.RESNETS.NORM = "BN"
@@ -198,8 +204,8 @@ def _add_meta_arch_config(T):
     T.TASK.SEM_SEG.RESNETS.STRIDE_IN_1X1 = False
     T.TASK.SEM_SEG.RESNETS.RES5_DILATION = 2
     T.TASK.SEM_SEG.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
-    # Keys of cfg.MODEL.SEM_SEG_HEAD for the DeepLab-v3 head (detectron2 DeepLab names; the
-    # output stride COMMON_STRIDE is taken from the backbone's res5).
+    # Keys of cfg.MODEL.SEM_SEG_HEAD for the DeepLab-v3 head (detectron2 DeepLab names;
+    # IN_FEATURES defaults to ["res5"]; the output stride COMMON_STRIDE is taken from that stage).
     T.TASK.SEM_SEG.HEAD = CN(new_allowed=True)
     T.TASK.SEM_SEG.HEAD.ASPP_CHANNELS = 256
     T.TASK.SEM_SEG.HEAD.ASPP_DILATIONS = [6, 12, 18]

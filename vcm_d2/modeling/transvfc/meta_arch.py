@@ -79,11 +79,12 @@ from .losses import CodecLossWeights, FSTLossWeights, codec_loss, fst_loss, stag
 from .perception import SplitBackbone
 from .tasks import TaskTail, build_task_tail, task_key
 
-__all__ = ["TransVFC", "TRAIN_STAGES", "PIXEL_RANGE", "EncodedVideo", "DecodedFrame"]
+__all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE", "EncodedVideo", "DecodedFrame"]
 
 logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("codec", "fst", "task")
+INFERENCE_INPUTS = ("coded_features", "pixels")
 # Module (attribute) trained in each stage; every other module is frozen and kept in eval mode.
 _TRAINED_MODULE = {"codec": "codec", "fst": "fst", "task": "tasks"}
 _ALL_MODULES = ("backbone", "codec", "fst", "tasks")
@@ -164,7 +165,7 @@ class TransVFC(nn.Module):
                  stage_ends: Sequence[int] = (20000, 40000, 80000, 100000, 120000),
                  train_crop_size: int = 128, aux_loss_weight: float = 1.0,
                  model_id: str = "transvfc", quality_index: int = 1,
-                 max_open_videos: int = 64):
+                 max_open_videos: int = 64, inference_input: str = "coded_features"):
         """
         Args:
             backbone: the upstream ResNet-FPN (head + perception network).
@@ -178,6 +179,7 @@ class TransVFC(nn.Module):
             aux_loss_weight: weight of the codec's aux loss in stage 1.
             model_id, quality_index: written into stream headers.
             max_open_videos: open evaluation streams kept (least recently used closed first).
+            inference_input: one of ``INFERENCE_INPUTS`` (MODEL.VCM.TRANSVFC.INFERENCE_INPUT).
         """
         super().__init__()
         self._streams: "OrderedDict[object, _OpenStream]" = OrderedDict()
@@ -188,6 +190,9 @@ class TransVFC(nn.Module):
             raise ValueError("tails, fsts and fst_weights need the same task keys")
         if train_stage in ("fst", "task") and not tails:
             raise ValueError(f"TRAIN_STAGE {train_stage!r} needs at least one task in TASKS")
+        if inference_input not in INFERENCE_INPUTS:
+            raise ValueError(f"INFERENCE_INPUT must be one of {INFERENCE_INPUTS}, got "
+                             f"{inference_input!r}")
         if train_crop_size < 0 or max_open_videos < 1:
             raise ValueError("TRAIN_CROP_SIZE must be >= 0 and EVAL_MAX_OPEN_VIDEOS >= 1")
         self.backbone = backbone
@@ -209,6 +214,7 @@ class TransVFC(nn.Module):
             raise ValueError(f"QUALITY_INDEX must be in [0, {MAX_QUALITY_INDEX}], got "
                              f"{quality_index}")
         self.max_open_videos = int(max_open_videos)
+        self.inference_input = inference_input
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if self.pixel_mean.shape != self.pixel_std.shape:
@@ -248,6 +254,7 @@ class TransVFC(nn.Module):
             "model_id": T.MODEL_ID,
             "quality_index": T.QUALITY_INDEX,
             "max_open_videos": T.EVAL_MAX_OPEN_VIDEOS,
+            "inference_input": T.INFERENCE_INPUT,
         }
 
     @property
@@ -437,6 +444,8 @@ class TransVFC(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: List[dict]) -> List[dict]:
         """Code each frame for real (per-video streams, module docstring) and run every task."""
+        if self.inference_input == "pixels":
+            return self.pixel_inference(batched_inputs)
         self.prepare_for_coding()
         outputs = []
         for inp in batched_inputs:
@@ -448,6 +457,20 @@ class TransVFC(nn.Module):
             out.update(self.run_tasks(feature, [size], [out_size])[0])
             outputs.append(out)
         return outputs
+
+    @torch.no_grad()
+    def pixel_inference(self, batched_inputs: List[dict]) -> List[dict]:
+        """Every task network on the frames themselves (its own feature of the pixels, no
+        FST): what a task sees behind a pixel codec. No ``"bits"``: those are the pixel codec's."""
+        images = self.preprocess_image(batched_inputs)
+        out_sizes = [(int(inp.get("height", s[0])), int(inp.get("width", s[1])))
+                     for inp, s in zip(batched_inputs, images.image_sizes)]
+        results = [{} for _ in batched_inputs]
+        for tail in self.tasks.values():
+            high = tail.high_features(tail.target_feature(self.raw_images(images)))
+            for r, o in zip(results, tail.inference(high, images.image_sizes, out_sizes)):
+                r.update(o)
+        return results
 
     def _code_frame(self, inp: Mapping, res2: Tensor):
         """Code one frame within its video's stream; returns (F^_t, record, bits)."""

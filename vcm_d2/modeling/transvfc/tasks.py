@@ -291,7 +291,11 @@ class DeepLabV3Tail(TaskTail):
         else:
             backbone = build_resnet_deeplab_backbone(sub, image)
         shapes = backbone.output_shape()
-        sub.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = shapes[RESNET_STAGES[-1]].stride
+        in_features = list(sub.MODEL.SEM_SEG_HEAD.IN_FEATURES)
+        if len(in_features) != 1 or in_features[0] not in shapes:
+            raise ValueError(f"TASK.{key.upper()}.HEAD.IN_FEATURES must name one stage of its "
+                             f"ResNet {sorted(shapes)} (RESNETS.OUT_FEATURES), got {in_features}")
+        sub.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = shapes[in_features[0]].stride
         input_format = node.FORMAT or cfg.INPUT.FORMAT
         if sorted({input_format, cfg.INPUT.FORMAT}) not in (["BGR"], ["RGB"], ["BGR", "RGB"]):
             raise ValueError(f"TASK.{key.upper()}.FORMAT / INPUT.FORMAT must be RGB or BGR, got "
