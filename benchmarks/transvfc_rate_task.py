@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--finetune-iters", type=int, default=300,
                    help="stage-1 iterations of every further lambda, from the previous one")
     p.add_argument("--stage2-iters", type=int, default=300, help="stage-2 (FST) iterations")
-    p.add_argument("--semseg-iters", type=int, default=600,
+    p.add_argument("--semseg-iters", type=int, default=1500,
                    help="iterations of the slim segmentation network (uncoded frames)")
     p.add_argument("--train-iters", type=int, default=demo.DEFAULT_TRAIN_ITERS,
                    help="iterations of the clean detector")
