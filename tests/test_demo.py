@@ -104,6 +104,17 @@ def test_train_skips_a_finished_run(demo, tmp_path):
     assert not (tmp_path / "metrics.json").exists()  # no trainer was run
 
 
+def test_train_refuses_a_finished_run_made_with_other_settings(demo, tmp_path):
+    cfg = demo.model_cfg(demo.CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 5])
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    record = {"max_iter": 5, "weights": "", "train_sets": list(cfg.DATASETS.TRAIN), "seed": cfg.SEED}
+    (tmp_path / demo.RUN_RECORD_FILE).write_text(json.dumps(record))
+    assert demo.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    other = demo.model_cfg(demo.CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 7])
+    with pytest.raises(ValueError, match="delete that folder"):
+        demo.train(other)
+
+
 def test_step_times_keep_the_time_of_the_run_that_did_the_step(demo, tmp_path):
     path = str(tmp_path / "timings.json")
     times = demo.StepTimes(path)
@@ -133,3 +144,13 @@ def test_is_evaluated_and_is_trained(demo, tmp_path):
     assert not demo.is_trained(cfg)
     (tmp_path / "model_final.pth").write_bytes(b"")
     assert demo.is_trained(cfg)
+
+
+def test_train_records_what_it_trained(demo, tmp_path):
+    cfg = demo.model_cfg(demo.CLEAN_CONFIG, str(tmp_path), [
+        "SOLVER.MAX_ITER", 1, "SOLVER.IMS_PER_BATCH", 1, "SOLVER.CHECKPOINT_PERIOD", 10])
+    assert demo.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    record = json.loads((tmp_path / demo.RUN_RECORD_FILE).read_text())
+    assert record == {"max_iter": 1, "weights": "", "train_sets": list(cfg.DATASETS.TRAIN),
+                      "seed": cfg.SEED}
+    assert demo.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")  # reused

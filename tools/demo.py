@@ -34,6 +34,7 @@ from vcm_d2.data.pairs import MANIFEST_FILENAME, pair_dataset_name, register_pai
 from vcm_d2.engine import VCMTrainer, get_vcm_cfg
 from vcm_d2.engine.compress import compress_dataset, output_dir_for
 from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
+from vcm_d2.utils.io import atomic_write_json
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET, VAL_SET = "vcm_synth_train", "vcm_synth_val"
@@ -58,6 +59,8 @@ DEFAULT_TRAIN_ITERS = 600
 LR_DROP_FRACTION = 0.75
 TASK, METRIC = "detection", "AP"
 TIMINGS_FILE = "timings.json"
+# Written next to model_final.pth: what the model was trained with (see ``train``).
+RUN_RECORD_FILE = "vcm_run.json"
 
 logger = logging.getLogger("vcm_d2.demo")
 
@@ -144,7 +147,7 @@ class StepTimes:
         yield
         if not done_before:
             self.times[name] = time.time() - start
-            _write_json_atomic(self.path, self.times)
+            atomic_write_json(self.path, self.times)
 
     def line(self) -> str:
         total = sum(self.times.values())
@@ -159,7 +162,16 @@ def train(cfg) -> str:
     DATASETS.TEST after the last iteration; the demo evaluates separately (with caching), so
     that set is emptied here to save the time."""
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    record_path = os.path.join(cfg.OUTPUT_DIR, RUN_RECORD_FILE)
+    record = _run_record(cfg)
     if os.path.exists(final):
+        done = _load_cache(record_path)
+        if not done:
+            logger.warning(f"{final} exists without {RUN_RECORD_FILE}: reused as is (it cannot "
+                           "be checked against iterations, initial weights and training sets)")
+        elif done != record:
+            raise ValueError(f"{cfg.OUTPUT_DIR} holds a model trained with {done}, this run asks "
+                             f"for {record}: delete that folder or use another output folder")
         logger.info(f"[skip] {final} exists")
         return final
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -170,7 +182,14 @@ def train(cfg) -> str:
     trainer = VCMTrainer(cfg)
     trainer.resume_or_load(resume=True)  # picks up an interrupted run's last checkpoint
     trainer.train()
+    atomic_write_json(record_path, record)
     return final
+
+
+def _run_record(cfg) -> Dict:
+    """What identifies a finished training for reuse by a resumed run."""
+    return {"max_iter": int(cfg.SOLVER.MAX_ITER), "weights": cfg.MODEL.WEIGHTS,
+            "train_sets": list(cfg.DATASETS.TRAIN), "seed": int(cfg.SEED)}
 
 
 def _load_cache(cache_file: str) -> Dict:
@@ -178,13 +197,6 @@ def _load_cache(cache_file: str) -> Dict:
         return {}
     with open(cache_file) as f:
         return json.load(f)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def evaluate(cfg, weights: str, datasets: Sequence[str], cache_file: str) -> Dict[str, Dict]:
@@ -206,7 +218,7 @@ def evaluate(cfg, weights: str, datasets: Sequence[str], cache_file: str) -> Dic
         for name in todo:
             cache[name] = json.loads(json.dumps(results[name], default=float))
         os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-        _write_json_atomic(cache_file, cache)
+        atomic_write_json(cache_file, cache)
     return {d: cache[d] for d in datasets}
 
 
