@@ -26,26 +26,13 @@ compressed frames and clean detector, copy its compressed/ and clean/ folders in
     python benchmarks/cdre_table1.py --output output/cdre_table1 --iters 400
 """
 import argparse
-import importlib.util
 import logging
 import os
 import sys
 
 import torch
-from detectron2.utils.logger import setup_logger
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_demo():
-    """tools/demo.py as a module (tools/ is not a package): the shared pipeline steps."""
-    spec = importlib.util.spec_from_file_location("vcm_demo", os.path.join(REPO, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+from _common import demo  # benchmarks/ is on sys.path when run as a script
 
 TABLE_METHODS = ("head_ft", "full_ft", "ours_fd", "ours")
 TRANSFER_METHODS = ("full_ft", "ours")
@@ -93,11 +80,7 @@ def run_dir(out, method, train_codecs, iters):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="vcm_d2")
-    out = os.path.abspath(args.output)
-    os.makedirs(out, exist_ok=True)
-    torch.set_num_threads(args.threads if args.threads > 0 else max(1, os.cpu_count() or 1))
+    out = demo.start_run(args.output, args.threads)
     extra = ["SEED", args.seed] + list(args.opts)
     times = demo.StepTimes(os.path.join(out, demo.TIMINGS_FILE))
     if args.transfer_codecs and args.transfer_train_codec not in args.codecs:

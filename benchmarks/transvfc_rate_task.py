@@ -21,31 +21,18 @@ Resumable: every compression, training and evaluation is skipped when already do
     python benchmarks/transvfc_rate_task.py --output output/transvfc_rate_task
 """
 import argparse
-import importlib.util
 import logging
 import os
 from typing import Dict, List, Sequence
 
 import torch
-from detectron2.utils.logger import setup_logger
 
 from vcm_d2.data.pairs import MANIFEST_FILENAME, pair_dataset_name, register_pair_dataset
 from vcm_d2.engine.compress import output_dir_for
 from vcm_d2.evaluation.bdrate import bd_metric, bd_rate
 from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_demo():
-    """tools/demo.py as a module (tools/ is not a package): the shared pipeline steps."""
-    spec = importlib.util.spec_from_file_location("vcm_demo", os.path.join(REPO, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+from _common import demo  # benchmarks/ is on sys.path when run as a script
 
 DEFAULT_LAMBDAS = (256, 128, 32, 16)
 STAGE1_CONFIG = "transvfc_stage1_slim_lambda{:g}.yaml"
@@ -215,11 +202,7 @@ def points_lines(curves: Sequence[RateTaskCurve]) -> List[str]:
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="vcm_d2")
-    out = os.path.abspath(args.output)
-    os.makedirs(out, exist_ok=True)
-    torch.set_num_threads(args.threads if args.threads > 0 else max(1, os.cpu_count() or 1))
+    out = demo.start_run(args.output, args.threads)
     times = demo.StepTimes(os.path.join(out, demo.TIMINGS_FILE))
     extra = ["SEED", args.seed] + list(args.opts)
     lambdas = list(args.lambdas)

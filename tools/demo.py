@@ -303,13 +303,20 @@ def timing_line(timings: Mapping[str, float]) -> str:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv=None):
-    args = parse_args(argv)
+def start_run(output: str, threads: int = 0) -> str:
+    """Loggers, the output folder (returned as an absolute path) and torch threads (0: all
+    cores) of a pipeline run."""
     setup_logger(name="detectron2")
     setup_logger(name="vcm_d2")
-    out = os.path.abspath(args.output)
+    out = os.path.abspath(output)
     os.makedirs(out, exist_ok=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = start_run(args.output)
     times = StepTimes(os.path.join(out, TIMINGS_FILE))
     extra = ["SEED", args.seed] + list(args.opts)
 
