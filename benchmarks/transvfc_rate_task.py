@@ -38,6 +38,10 @@ from _common import demo  # benchmarks/ is on sys.path when run as a script
 # (slim configs only): on the synthetic frames lambda_R 16 already lands at ~0.045 bpp, far below
 # the pixel codecs' 0.13-0.65 bpp.
 DEFAULT_LAMBDAS = (256, 128, 32, 16, 4, 1)
+# Pixel-codec points: the demo's plus two lower rates, so that the pixel curves reach down into
+# TransVFC's rate range (CRF 37/42, QP 33/38).
+DEFAULT_QUALITIES = tuple(demo.DEFAULT_QUALITIES) + (37, 42)
+DEFAULT_VVC_QUALITIES = tuple(demo.DEFAULT_VVC_QUALITIES) + (33, 38)
 STAGE1_CONFIG = "transvfc_stage1_slim_lambda{:g}.yaml"
 STAGE2_CONFIG = {"detection": "transvfc_stage2_slim_detection.yaml",
                  "semseg": "transvfc_stage2_slim_semseg.yaml"}
@@ -72,9 +76,9 @@ def parse_args(argv=None):
                    help="iterations of the clean detector")
     p.add_argument("--codecs", nargs="+", default=["x264", "x265", "vvc"],
                    help="pixel codecs compared with TransVFC")
-    p.add_argument("--qualities", nargs="+", type=float, default=list(demo.DEFAULT_QUALITIES),
+    p.add_argument("--qualities", nargs="+", type=float, default=list(DEFAULT_QUALITIES),
                    help="CRF of x264 / x265")
-    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(demo.DEFAULT_VVC_QUALITIES),
+    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(DEFAULT_VVC_QUALITIES),
                    help="vvenc QPs")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
     p.add_argument("--seed", type=int, default=0, help="seed of every training; < 0: random")
