@@ -156,8 +156,7 @@ def compress_val(out: str, codecs: Sequence[str], qualities_of, gop: int, worker
     """Compressed validation pairs per (task, codec): the detection and segmentation sets share
     their frames, so one compression serves both (registered twice)."""
     root = os.path.join(out, "compressed")
-    done = all(os.path.exists(os.path.join(output_dir_for(root, demo.VAL_SET, c, q), MANIFEST_FILENAME))
-               for c in codecs for q in qualities_of(c))
+    done = all(demo.is_compressed((demo.VAL_SET,), [c], qualities_of(c), root) for c in codecs)
     names = {}
     with times.step("compress", done):
         for codec in codecs:
