@@ -79,7 +79,8 @@ from .losses import CodecLossWeights, FSTLossWeights, codec_loss, fst_loss, stag
 from .perception import SplitBackbone
 from .tasks import TaskTail, build_task_tail, task_key
 
-__all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE", "EncodedVideo", "DecodedFrame"]
+__all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE", "EncodedVideo",
+           "DecodedFrame"]
 
 logger = logging.getLogger(__name__)
 
