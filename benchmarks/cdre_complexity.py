@@ -99,23 +99,6 @@ def _cfg(path: str, extra: Sequence = ()):
     return cfg
 
 
-class DecoderSide(nn.Module):
-    """CDRE decoder side alone: y_hat -> d_0, then the embedding before each stage, given the
-    stage inputs (the backbone stages themselves are not run)."""
-
-    def __init__(self, decoder_side):
-        super().__init__()
-        self.side = decoder_side
-
-    def forward(self, y_hat, *stage_inputs):
-        d = self.side.decode(y_hat)
-        outs = []
-        for name, f in zip(self.side.stage_names, stage_inputs):
-            f, d = self.side(name, f, d)
-            outs.append(f)
-        return tuple(outs)
-
-
 class Embedding(nn.Module):
     """The embedding stages only (d_0 given)."""
 
@@ -129,6 +112,14 @@ class Embedding(nn.Module):
             f, d = self.side(name, f, d)
             outs.append(f)
         return tuple(outs)
+
+
+class DecoderSide(Embedding):
+    """CDRE decoder side alone: y_hat -> d_0, then the embedding before each stage, given the
+    stage inputs (the backbone stages themselves are not run)."""
+
+    def forward(self, y_hat, *stage_inputs):
+        return super().forward(self.side.decode(y_hat), *stage_inputs)
 
 
 class PlainResNet(nn.Module):

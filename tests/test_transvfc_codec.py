@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 from detectron2.config import get_cfg
-from torch import nn
 
 from vcm_d2.config import add_vcm_config
 from vcm_d2.modeling.transvfc import (
@@ -24,6 +23,8 @@ from vcm_d2.modeling.transvfc import (
 from vcm_d2.modeling.transvfc.entropy import HyperpriorEntropyModel
 from vcm_d2.modeling.transvfc.inter_prediction import SchemeCompensation, WarpingCompensation
 
+from transvfc_helpers import TinyPerception
+
 PERCEPTION_CH = 16
 # Narrow widths so most tests run in well under a second per call.
 NARROW = dict(
@@ -34,25 +35,6 @@ NARROW = dict(
     entropy_parameter_channels=32,
 )
 WEIGHTS = CodecLossWeights(lambda_r=32.0, lambda_f=16.0, lambda_c=1.6, lambda_p=4.0)
-
-
-class TinyPerception(nn.Module):
-    """Stand-in for the frozen FPN: res2 -> p2..p6 at strides 1, 2, 4, 8, 16 of the feature."""
-
-    def __init__(self, in_ch=256, ch=PERCEPTION_CH):
-        super().__init__()
-        self.lateral = nn.Conv2d(in_ch, ch, 1)
-        self.down = nn.ModuleList(nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(4))
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, x):
-        p = self.lateral(x)
-        out = {"p2": p}
-        for i, down in enumerate(self.down):
-            p = down(p)
-            out[f"p{i + 3}"] = p
-        return out
 
 
 def _features(n, h, w, seed=0, batch=1):
@@ -70,7 +52,7 @@ def _codec(**overrides):
 @pytest.fixture(scope="module")
 def perception():
     torch.manual_seed(1)
-    return TinyPerception()
+    return TinyPerception(256, PERCEPTION_CH)
 
 
 # ------------------------------------------------------------------------------ config

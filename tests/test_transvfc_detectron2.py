@@ -44,13 +44,7 @@ TRANSVFC_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "TransVFC", "*.yaml"))
 BOTH_TASKS = ["DETECTION", "SEM_SEG"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny convolutions are much faster without thread contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(path=SLIM, *opts):

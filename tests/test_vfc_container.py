@@ -6,7 +6,6 @@ import zlib
 
 import pytest
 import torch
-from torch import nn
 
 from vcm_d2.modeling.transvfc import TransVFCCodec
 from vcm_d2.modeling.transvfc.container import (
@@ -25,16 +24,12 @@ from vcm_d2.modeling.transvfc.container import (
     write_stream,
 )
 
+from transvfc_helpers import TinyPerception
+
 HASH = bytes(range(MODEL_HASH_BYTES))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny convolutions are much faster without thread contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _header(num_frames, **kw):
@@ -149,24 +144,6 @@ def test_save_is_atomic_and_loads_back(tmp_path, stream):
 
 
 # ------------------------------------------------------------------ a real GOP through it
-class _TinyPerception(nn.Module):
-    """Stand-in for the frozen FPN: res2 -> p2..p6 at strides 1..16 of the feature."""
-
-    def __init__(self, in_ch=32, ch=8):
-        super().__init__()
-        self.lateral = nn.Conv2d(in_ch, ch, 1)
-        self.down = nn.ModuleList(nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(4))
-        self.eval()
-
-    def forward(self, x):
-        p = self.lateral(x)
-        out = {"p2": p}
-        for i, down in enumerate(self.down):
-            p = down(p)
-            out[f"p{i + 3}"] = p
-        return out
-
-
 @torch.no_grad()
 def test_gop_with_i_and_p_frames_decodes_bit_exactly_through_the_container():
     torch.manual_seed(0)
@@ -177,7 +154,7 @@ def test_gop_with_i_and_p_frames_decodes_bit_exactly_through_the_container():
                           intra_latent_channels=8, condition_channels=4, perception_channels=8,
                           temporal_prior_channels=8, entropy_parameter_channels=16, gop=3).eval()
     codec.update(force=True)
-    perception = _TinyPerception()
+    perception = TinyPerception(32, 8)
     g = torch.Generator().manual_seed(1)
     base = torch.randn(1, 32, 13, 21, generator=g)
     features = [base + 0.05 * t * torch.randn(1, 32, 13, 21, generator=g) for t in range(5)]

@@ -58,6 +58,19 @@ LIKELIHOOD_KEYS = ("i_y", "i_z", "m_y", "m_z", "r_y", "r_z")
 # Latents stored in a record's "strings", in order, per frame type.
 RECORD_STRINGS = {"I": ("i_y", "i_z"), "P": ("m_y", "m_z", "r_y", "r_z")}
 FRAME_TYPES = tuple(RECORD_STRINGS)
+
+
+def check_record_strings(record: Mapping) -> Tuple[str, List]:
+    """Frame type and latent string lists of a codec record, checked against RECORD_STRINGS
+    (shared by the codec and the container)."""
+    ftype = record.get("type")
+    if ftype not in RECORD_STRINGS:
+        raise ValueError(f"record type must be one of {FRAME_TYPES}, got {ftype!r}")
+    strings = list(record["strings"])
+    if len(strings) != len(RECORD_STRINGS[ftype]):
+        raise ValueError(f"a {ftype}-frame record holds {len(RECORD_STRINGS[ftype])} latents "
+                         f"(string lists), got {len(strings)}")
+    return ftype, strings
 BITS_PER_BYTE = 8
 
 
@@ -348,13 +361,7 @@ class TransVFCCodec(CompressionModel):
     def _check_record(record: Mapping):
         if not isinstance(record, Mapping) or not {"type", "strings", "shape"} <= set(record):
             raise ValueError("a record needs 'type', 'strings' and 'shape'")
-        ftype = record["type"]
-        if ftype not in FRAME_TYPES:
-            raise ValueError(f"record type must be one of {FRAME_TYPES}, got {ftype!r}")
-        strings = list(record["strings"])
-        if len(strings) != len(RECORD_STRINGS[ftype]):
-            raise ValueError(f"a {ftype}-frame record holds {len(RECORD_STRINGS[ftype])} "
-                             f"string lists, got {len(strings)}")
+        ftype, strings = check_record_strings(record)
         size = tuple(int(v) for v in record["shape"])
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"record shape must be (H, W), got {record['shape']}")

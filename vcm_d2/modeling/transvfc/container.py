@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import List, Mapping, Sequence, Tuple
 
 from ...utils.io import atomic_write_bytes
-from .codec import RECORD_STRINGS
+from .codec import RECORD_STRINGS, check_record_strings
 
 __all__ = [
     "FORMAT_VERSION",
@@ -153,13 +153,7 @@ def _varint(n: int) -> bytes:
 
 def encode_frame(record: Mapping) -> bytes:
     """Serialize one codec record (``TransVFCCodec.compress_frame``) of a batch of one."""
-    ftype = record.get("type")
-    if ftype not in RECORD_STRINGS:
-        raise ValueError(f"record type must be one of {tuple(RECORD_STRINGS)}, got {ftype!r}")
-    strings = list(record["strings"])
-    if len(strings) != len(RECORD_STRINGS[ftype]):
-        raise ValueError(f"a {ftype}-frame record holds {len(RECORD_STRINGS[ftype])} latents, "
-                         f"got {len(strings)}")
+    ftype, strings = check_record_strings(record)
     out = bytearray([ord(ftype)])
     for latent in strings:
         if len(latent) != 1:
