@@ -53,8 +53,19 @@ def test_config_builds_and_runs(path):
     assert sum(p.numel() for p in model.parameters()) > 0
     img = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8).float()
     inp = {"image": img, "height": 96, "width": 128}
-    if cfg.MODEL.META_ARCHITECTURE == "CDRERCNN":
+    video = cfg.MODEL.META_ARCHITECTURE == "VideoInstanceSegmentor"
+    frame_arch = cfg.MODEL.VCM.VIS.DETECTOR if video else cfg.MODEL.META_ARCHITECTURE
+    if frame_arch == "CDRERCNN":
         inp["original"] = img.clone()  # encoder side of CDRE needs the original frame
+    if video:  # a two-frame video: one output with its tracks
+        frames = [dict(inp, video_id=0, frame_idx=t) for t in range(2)]
+        model.eval()
+        with torch.no_grad():
+            out = model([{"video_id": 0, "height": 96, "width": 128, "frames": frames}])
+        assert all(len(t["segmentations"]) == 2 for t in out[0]["tracks"])
+        if frame_arch == "TransVFC":
+            assert len(out[0]["bits"]) == 2 and min(out[0]["bits"]) > 0
+        return
     if cfg.MODEL.KEYPOINT_ON:
         # Randomly initialised R50 keypoint heads emit logits large enough to overflow
         # detectron2's keypoint post-processing (an assertion there fails on NaN scores), so

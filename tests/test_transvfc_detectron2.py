@@ -15,7 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode as CN
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from PIL import Image
 from torch import nn
@@ -34,6 +34,7 @@ from vcm_d2.modeling.transvfc import (
     read_stream,
 )
 from vcm_d2.modeling.transvfc.cli import iter_video_frames, load_tensors
+from vcm_d2.modeling.vis import VideoInstanceSegmentor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -76,7 +77,7 @@ def _video(n, h, w, seed=0):
 def _clip_batch(cfg, num_clips=2, size=(64, 64), seed=0):
     """Clips as ClipDatasetMapper makes them, with a box and a label map per frame."""
     g = torch.Generator().manual_seed(seed)
-    length = cfg.MODEL.VCM.TRANSVFC.CLIP_LENGTH
+    length = cfg.VCM.CLIP.LENGTH
     classes = cfg.MODEL.VCM.TRANSVFC.TASK.SEM_SEG.NUM_CLASSES
     clips = []
     for c in range(num_clips):
@@ -85,6 +86,10 @@ def _clip_batch(cfg, num_clips=2, size=(64, 64), seed=0):
             inst = Instances(size)
             inst.gt_boxes = Boxes(torch.tensor([[8.0, 10.0, 40.0, 44.0]]))
             inst.gt_classes = torch.tensor([1])
+            if cfg.MODEL.MASK_ON:  # the instance-segmentation task
+                mask = torch.zeros((1, *size), dtype=torch.bool)
+                mask[:, 10:44, 8:40] = True
+                inst.gt_masks = BitMasks(mask)
             frames.append({"image": torch.randint(0, 256, (3, *size), generator=g,
                                                   dtype=torch.uint8),
                            "height": size[0], "width": size[1], "instances": inst,
@@ -289,7 +294,10 @@ def test_every_config_trains_one_iteration(path):
     torch.manual_seed(0)
     model = VCMTrainer.build_model(cfg).train()
     optimizer = VCMTrainer.build_optimizer(cfg, model)
-    trained = {"codec": "codec.", "fst": "fst.", "task": "tasks."}[stage]
+    # TransVFC itself, or inside the video instance segmentation model (under "detector.")
+    wrapped = isinstance(model, VideoInstanceSegmentor)
+    trained = ("detector." if wrapped else "") + {"codec": "codec.", "fst": "fst.",
+                                                  "task": "tasks."}[stage]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert before and all(p.requires_grad == n.startswith(trained)
                           for n, p in model.named_parameters())
@@ -302,8 +310,9 @@ def test_every_config_trains_one_iteration(path):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith(trained) for n in changed)
     # frozen modules stayed in eval mode (codec in stage 2: rounding = the decoded features)
-    assert not model.backbone.training
-    assert model.codec.training == (stage == "codec")
+    net = model.detector if wrapped else model
+    assert not net.backbone.training
+    assert net.codec.training == (stage == "codec")
 
 
 def test_stage_losses_and_batch_errors():
@@ -385,7 +394,7 @@ def test_clip_mapper_errors_and_video_grouping():
     assert [f["frame_idx"] for f in videos[0]["frames"]] == [0, 1, 2]
     with pytest.raises(ValueError, match="distinct 'frame_idx'"):
         to_video_dicts([{"file_name": "a", "video_id": 1, "frame_idx": 0}] * 2)
-    cfg = _cfg(SLIM, "MODEL.VCM.TRANSVFC.CLIP_LENGTH", "13")
+    cfg = _cfg(SLIM, "VCM.CLIP.LENGTH", "13")
     with pytest.raises(ValueError, match="13 frames a clip needs"):
         build_clip_train_loader(cfg)
     mapper = ClipDatasetMapper(_cfg(SLIM), True)

@@ -7,6 +7,7 @@ from detectron2.config import CfgNode as CN
 
 from .modeling.cdre.config import add_cdre_config
 from .modeling.transvfc.config import add_transvfc_config
+from .modeling.vis.config import add_vis_config
 
 
 def add_vcm_config(cfg):
@@ -28,6 +29,7 @@ def add_vcm_config(cfg):
     _C.MODEL.VCM.LR_MULTIPLIERS = []
     add_cdre_config(_C)
     add_transvfc_config(_C)
+    add_vis_config(_C)
 
     # ---------------------------------------------------------------- data / codecs / eval
     _C.VCM = CN()
@@ -35,6 +37,14 @@ def add_vcm_config(cfg):
     _C.VCM.SOLVER = CN()
     # "SGD" (detectron2's default optimizer) or "ADAMW" (used by the slim CPU configs).
     _C.VCM.SOLVER.OPTIMIZER = "SGD"
+
+    # Training on clips of consecutive frames (vcm_d2.data.clip_mapper): video models
+    # (TransVFC's codec, the VIS model) read one clip per sample instead of one image.
+    _C.VCM.CLIP = CN()
+    # Frames per training clip; 0: train on single images (detectron2's image loader).
+    _C.VCM.CLIP.LENGTH = 0
+    # Step between the frames of a clip (1: consecutive frames).
+    _C.VCM.CLIP.FRAME_STRIDE = 1
 
     # Compressed pair datasets (vcm_d2.data.pairs) written by tools/compress_dataset.py.
     _C.VCM.PAIRS = CN()

@@ -1,18 +1,24 @@
-"""Clips of consecutive frames for training video models (TransVFC).
+"""Clips and whole videos of consecutive frames for video models (TransVFC, the VIS model).
 
 Datasets come either as per-frame image dicts carrying ``video_id`` and ``frame_idx``
 (``vcm_synth_train``, ``vcm_synth_sem_*``, ``ytvis_2019_*_frames``, ``vspw_*``) or as YTVIS-style
 video dicts (``file_names`` and per-frame ``annotations``: ``vcm_synth_vis_*``,
-``ytvis_2019_*``). ``to_video_dicts`` turns both into ``{"video_id", "height", "width",
-"frames": [frame dicts in order]}``; ``ClipDatasetMapper`` maps one such video to one clip:
+``ytvis_2019_*``, and their compressed pair datasets, whose per-frame ``bits`` and
+``original_file_names`` travel with the frames). ``to_video_dicts`` turns both into
+``{"video_id", "height", "width", "frames": [frame dicts in order]}``; ``ClipDatasetMapper``
+maps one such video to one clip:
 
-    {"video_id", "height", "width", "frame_indices": [...],
-     "frames": [DatasetMapper outputs: "image", "instances", "sem_seg", ...]}
+    {"video_id", "height", "width", "frame_indices": [...], "file_names": [...],
+     "bits": [...] (pair datasets), "frames": [DatasetMapper outputs: "image", "instances",
+     "sem_seg", "original" (VCM.PAIRS.LOAD_ORIGINAL), ...]}
 
-``CLIP_LENGTH`` frames, ``CLIP_FRAME_STRIDE`` apart, from a random start in training (the
-first frames in inference). One augmentation is drawn on the first frame and applied to all,
-so the frames stay aligned (what inter-prediction needs). ``build_clip_train_loader(cfg)`` is
-detectron2's train loader over the videos of DATASETS.TRAIN (each video sampled equally often).
+In training a clip is ``VCM.CLIP.LENGTH`` frames, ``VCM.CLIP.FRAME_STRIDE`` apart, from a
+random start; in inference it is the whole video, in order. One augmentation is drawn on the
+first frame and applied to all, so the frames stay aligned (what inter-prediction needs).
+``build_clip_train_loader(cfg)`` is detectron2's train loader over the videos of
+DATASETS.TRAIN (each video sampled equally often, sharded across workers and ranks);
+``build_video_test_loader(cfg, name)`` is detectron2's inference loader with one whole video
+per item (videos split across ranks, never a video).
 """
 import copy
 import logging
@@ -22,17 +28,29 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["ClipDatasetMapper", "to_video_dicts", "build_clip_train_loader"]
+from .mapper import PairDatasetMapper
+
+__all__ = ["ClipDatasetMapper", "to_video_dicts", "build_clip_train_loader",
+           "build_video_test_loader", "is_video_dataset"]
 
 logger = logging.getLogger(__name__)
 
-# Per-frame keys of YTVIS-style video dicts and the frame-dict keys they become.
+# Per-frame keys of YTVIS-style video dicts (and of their pair datasets) and the frame-dict
+# keys they become.
 _VIDEO_LIST_KEYS = {"file_names": "file_name", "image_ids": "image_id",
-                    "annotations": "annotations", "sem_seg_file_names": "sem_seg_file_name"}
+                    "annotations": "annotations", "sem_seg_file_names": "sem_seg_file_name",
+                    "original_file_names": "original_file_name", "bits": "bits", "bpp": "bpp"}
+# evaluator_type of datasets evaluated video by video (whole videos in inference).
+VIDEO_EVALUATOR_TYPES = ("ytvis",)
 
 
 def _frames_of_video_dict(video: dict) -> List[dict]:
@@ -83,38 +101,76 @@ def to_video_dicts(dicts: Sequence[dict]) -> List[dict]:
     return videos
 
 
-class ClipDatasetMapper(DatasetMapper):
+class ClipDatasetMapper(PairDatasetMapper):
     """Map a video dict (``to_video_dicts``) to a clip of aligned, augmented frames.
 
     Each frame is mapped like detectron2's DatasetMapper maps an image (image, sem_seg,
-    instances with the configured masks / keypoints), with the transforms of the first frame.
+    instances with the configured masks / keypoints; with ``load_original`` also the pair's
+    original frame, as PairDatasetMapper does), with the transforms of the first frame.
+    Errors name the video and the frame: missing frame files, frames or masks of the wrong
+    size, videos shorter than a clip.
     """
 
     @configurable
     def __init__(self, is_train: bool, *, clip_length: int, frame_stride: int = 1, **kwargs):
+        """
+        Args:
+            clip_length: frames per clip; 0: the whole video (inference).
+            frame_stride: step between the frames of a clip.
+            is_train, kwargs: as for PairDatasetMapper (detectron2's DatasetMapper arguments
+                plus ``load_original``).
+        """
         super().__init__(is_train, **kwargs)
-        if clip_length < 1 or frame_stride < 1:
-            raise ValueError(f"clip length and frame stride must be >= 1, got {clip_length} "
-                             f"and {frame_stride}")
+        if clip_length < 0 or frame_stride < 1:
+            raise ValueError(f"clip length must be >= 0 (0: whole videos) and frame stride "
+                             f">= 1, got {clip_length} and {frame_stride}")
         self.clip_length = int(clip_length)
         self.frame_stride = int(frame_stride)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
-        ret["clip_length"] = cfg.MODEL.VCM.TRANSVFC.CLIP_LENGTH
-        ret["frame_stride"] = cfg.MODEL.VCM.TRANSVFC.CLIP_FRAME_STRIDE
+        if is_train and cfg.VCM.CLIP.LENGTH < 1:
+            raise ValueError("training on clips needs VCM.CLIP.LENGTH >= 1")
+        ret["clip_length"] = cfg.VCM.CLIP.LENGTH if is_train else 0
+        ret["frame_stride"] = cfg.VCM.CLIP.FRAME_STRIDE
         return ret
 
-    @property
-    def span(self) -> int:
-        """Frames a video needs for one clip."""
+    def span(self, num_frames: int) -> int:
+        """Frames of a video that one clip covers (the whole video if clip_length is 0)."""
+        if self.clip_length == 0:
+            return num_frames
         return (self.clip_length - 1) * self.frame_stride + 1
+
+    @staticmethod
+    def _where(frame: dict) -> str:
+        return f"video {frame.get('video_id')!r} frame {frame.get('frame_idx')}"
+
+    def _read(self, frame: dict, key: str) -> np.ndarray:
+        try:
+            return utils.read_image(frame[key], format=self.image_format)
+        except (FileNotFoundError, OSError) as e:
+            raise FileNotFoundError(f"{self._where(frame)}: cannot read {key} "
+                                    f"{frame[key]!r} ({e})") from e
+
+    def _check_masks(self, frame: dict, shape) -> None:
+        """RLE masks must have the frame's size (detectron2 would only assert later)."""
+        for obj in frame.get("annotations") or []:
+            segm = obj.get("segmentation")
+            if isinstance(segm, dict) and "size" in segm and tuple(segm["size"]) != tuple(shape):
+                raise ValueError(
+                    f"{self._where(frame)}: the mask of object {obj.get('id', obj.get('track_id'))} "
+                    f"is {tuple(segm['size'])} (HxW) but the frame is {tuple(shape)}")
 
     def _map_frame(self, frame: dict, transforms: Optional[T.TransformList]):
         frame = copy.deepcopy(frame)
-        image = utils.read_image(frame["file_name"], format=self.image_format)
-        utils.check_image_size(frame, image)
+        image = self._read(frame, "file_name")
+        try:
+            utils.check_image_size(frame, image)
+        except utils.SizeMismatchError as e:
+            raise ValueError(f"{self._where(frame)}: {e}") from e
+        original = self._read_original(frame, image) if self.load_original else None
+        source_shape = image.shape[:2]
         sem_seg = None
         if "sem_seg_file_name" in frame:
             sem_seg = utils.read_image(frame.pop("sem_seg_file_name"), "L").squeeze(2)
@@ -128,11 +184,15 @@ class ClipDatasetMapper(DatasetMapper):
                 sem_seg = transforms.apply_segmentation(sem_seg)
         image_shape = image.shape[:2]
         frame["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if original is not None:
+            original = transforms.apply_image(original)
+            frame["original"] = torch.as_tensor(np.ascontiguousarray(original.transpose(2, 0, 1)))
         if sem_seg is not None:
             frame["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
         if not self.is_train:
             frame.pop("annotations", None)
         elif "annotations" in frame:
+            self._check_masks(frame, source_shape)
             self._transform_annotations(frame, transforms, image_shape)
         return frame, transforms
 
@@ -141,20 +201,31 @@ class ClipDatasetMapper(DatasetMapper):
         if not frames:
             raise ValueError("ClipDatasetMapper expects video dicts with 'frames' "
                              "(see vcm_d2.data.clip_mapper.to_video_dicts)")
-        if len(frames) < self.span:
+        span = self.span(len(frames))
+        if len(frames) < span:
             raise ValueError(f"video {video.get('video_id')!r} has {len(frames)} frames, a clip "
-                             f"needs {self.span}")
-        start = int(np.random.randint(0, len(frames) - self.span + 1)) if self.is_train else 0
-        picked = frames[start:start + self.span:self.frame_stride]
+                             f"needs {span}")
+        start = int(np.random.randint(0, len(frames) - span + 1)) if self.is_train else 0
+        picked = frames[start:start + span:self.frame_stride]
         out, transforms = [], None
         for frame in picked:
             mapped, transforms = self._map_frame(frame, transforms)
             out.append(mapped)
-        return {"video_id": video.get("video_id"), "height": video.get("height"),
+        clip = {"video_id": video.get("video_id"), "height": video.get("height"),
                 "width": video.get("width"),
                 "frame_indices": [f.get("frame_idx", start + i * self.frame_stride)
                                   for i, f in enumerate(picked)],
+                "file_names": [f["file_name"] for f in picked],
                 "frames": out}
+        if all("bits" in f for f in picked):  # a pair dataset: the pixel codec's bits
+            clip["bits"] = [int(f["bits"]) for f in picked]
+        return clip
+
+
+def _video_dataset(names: Sequence[str]) -> List[dict]:
+    # No class histogram: video dicts hold one annotation list per frame.
+    return to_video_dicts(get_detection_dataset_dicts(list(names), filter_empty=False,
+                                                      check_consistency=False))
 
 
 def build_clip_train_loader(cfg, mapper: Optional[ClipDatasetMapper] = None):
@@ -162,15 +233,24 @@ def build_clip_train_loader(cfg, mapper: Optional[ClipDatasetMapper] = None):
 
     Videos shorter than a clip are dropped (with a warning); none left is an error."""
     mapper = ClipDatasetMapper(cfg, True) if mapper is None else mapper
-    # No class histogram: video dicts hold one annotation list per frame.
-    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False,
-                                        check_consistency=False)
-    videos = to_video_dicts(dicts)
-    kept = [v for v in videos if len(v["frames"]) >= mapper.span]
+    videos = _video_dataset(cfg.DATASETS.TRAIN)
+    kept = [v for v in videos if len(v["frames"]) >= mapper.span(len(v["frames"]))]
     if len(kept) < len(videos):
         logger.warning("Dropped %d of %d videos shorter than a %d-frame clip",
-                       len(videos) - len(kept), len(videos), mapper.span)
+                       len(videos) - len(kept), len(videos), mapper.span(0))
     if not kept:
-        raise ValueError(f"no video of {cfg.DATASETS.TRAIN} has the {mapper.span} frames a clip "
-                         "needs (MODEL.VCM.TRANSVFC.CLIP_LENGTH / CLIP_FRAME_STRIDE)")
+        raise ValueError(f"no video of {cfg.DATASETS.TRAIN} has the {mapper.span(0)} frames a "
+                         "clip needs (VCM.CLIP.LENGTH / FRAME_STRIDE)")
     return build_detection_train_loader(cfg, mapper=mapper, dataset=kept)
+
+
+def build_video_test_loader(cfg, dataset_name: str, mapper: Optional[ClipDatasetMapper] = None):
+    """detectron2's inference loader with one whole video (all frames, in order) per item."""
+    mapper = ClipDatasetMapper(cfg, False) if mapper is None else mapper
+    return build_detection_test_loader(dataset=_video_dataset([dataset_name]), mapper=mapper,
+                                       num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+
+def is_video_dataset(dataset_name: str) -> bool:
+    """Whether a dataset is evaluated video by video (its evaluator_type, e.g. "ytvis")."""
+    return MetadataCatalog.get(dataset_name).get("evaluator_type", None) in VIDEO_EVALUATOR_TYPES

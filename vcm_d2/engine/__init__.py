@@ -1,2 +1,3 @@
 from .defaults import get_vcm_cfg, register_pair_roots  # noqa: F401
 from .trainer import VCMTrainer, build_vcm_optimizer, freeze_parameters  # noqa: F401
+from .video_predictor import VideoPredictor  # noqa: F401

@@ -11,7 +11,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, default_writers
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..data.clip_mapper import build_clip_train_loader
+from ..data.clip_mapper import build_clip_train_loader, build_video_test_loader, is_video_dataset
 from ..data.mapper import PairDatasetMapper
 from ..modeling.transvfc.solver import build_transvfc_lr_scheduler
 from ..evaluation import build_task_evaluator
@@ -117,7 +117,7 @@ class VCMTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if cfg.MODEL.META_ARCHITECTURE == "TransVFC":  # trains on clips of consecutive frames
+        if cfg.VCM.CLIP.LENGTH > 0:  # video models train on clips of consecutive frames
             return build_clip_train_loader(cfg)
         return build_detection_train_loader(cfg, mapper=_mapper(cfg, True))
 
@@ -128,6 +128,8 @@ class VCMTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        if is_video_dataset(dataset_name):  # evaluated video by video (e.g. YouTube-VIS)
+            return build_video_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name, mapper=_mapper(cfg, False))
 
     @classmethod

@@ -1,2 +1,3 @@
-"""Models: CDRE (distortion representation embedding) and TransVFC (video feature codec)."""
-from . import cdre, transvfc  # noqa: F401
+"""Models: CDRE (distortion representation embedding), TransVFC (video feature codec) and the
+video instance segmentation model (per-frame network + tracker)."""
+from . import cdre, transvfc, vis  # noqa: F401

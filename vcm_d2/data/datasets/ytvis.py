@@ -1,4 +1,4 @@
-"""YouTube-VIS 2019: loader (official json layout) and registration helpers.
+"""YouTube-VIS 2019 / 2021: loader (official json layout) and registration helpers.
 
 The official json has ``videos`` ({id, width, height, length, file_names}), ``annotations``
 (one per track: {id, video_id, category_id, iscrowd, bboxes/segmentations/areas with one
@@ -15,10 +15,12 @@ from detectron2.structures import BoxMode
 
 __all__ = [
     "YTVIS_2019_CATEGORIES",
+    "YTVIS_2021_CATEGORIES",
     "YTVIS_FRAME_ID_STRIDE",
     "load_ytvis_json",
     "ytvis_videos_to_frames",
     "get_ytvis_2019_metadata",
+    "get_ytvis_2021_metadata",
     "register_ytvis_instances",
     "register_ytvis_frames",
 ]
@@ -36,16 +38,36 @@ YTVIS_2019_CATEGORIES = [
     (31, "tiger"), (32, "elephant"), (33, "snowboard"), (34, "boat"), (35, "shark"),
     (36, "mouse"), (37, "frog"), (38, "eagle"), (39, "earless_seal"), (40, "tennis_racket"),
 ]
+# (dataset category id, name) of the 40 YouTube-VIS 2021 classes (the 2021 release renumbers
+# them alphabetically and swaps 7 classes of 2019 for new ones).
+YTVIS_2021_CATEGORIES = [
+    (1, "airplane"), (2, "bear"), (3, "bird"), (4, "boat"), (5, "car"),
+    (6, "cat"), (7, "cow"), (8, "deer"), (9, "dog"), (10, "duck"),
+    (11, "earless_seal"), (12, "elephant"), (13, "fish"), (14, "flying_disc"), (15, "fox"),
+    (16, "frog"), (17, "giant_panda"), (18, "giraffe"), (19, "horse"), (20, "leopard"),
+    (21, "lizard"), (22, "monkey"), (23, "motorbike"), (24, "mouse"), (25, "parrot"),
+    (26, "person"), (27, "rabbit"), (28, "shark"), (29, "skateboard"), (30, "snake"),
+    (31, "snowboard"), (32, "squirrel"), (33, "surfboard"), (34, "tennis_racket"), (35, "tiger"),
+    (36, "train"), (37, "truck"), (38, "turtle"), (39, "whale"), (40, "zebra"),
+]
 # Frame-level image_id = video_id * stride + frame index: stable, unique, independent of order.
 # YTVIS videos have at most a few hundred frames.
 YTVIS_FRAME_ID_STRIDE = 100000
 
 
-def get_ytvis_2019_metadata() -> Dict[str, Any]:
+def _metadata(categories) -> Dict[str, Any]:
     return {
-        "thing_classes": [name for _, name in YTVIS_2019_CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": {cid: i for i, (cid, _) in enumerate(YTVIS_2019_CATEGORIES)},
+        "thing_classes": [name for _, name in categories],
+        "thing_dataset_id_to_contiguous_id": {cid: i for i, (cid, _) in enumerate(categories)},
     }
+
+
+def get_ytvis_2019_metadata() -> Dict[str, Any]:
+    return _metadata(YTVIS_2019_CATEGORIES)
+
+
+def get_ytvis_2021_metadata() -> Dict[str, Any]:
+    return _metadata(YTVIS_2021_CATEGORIES)
 
 
 def _segmentation(segm: Any, height: int, width: int) -> Any:
@@ -97,9 +119,12 @@ def load_ytvis_json(json_file: str, image_root: str, dataset_name: Optional[str]
         h, w = video["height"], video["width"]
         if length >= YTVIS_FRAME_ID_STRIDE:
             raise ValueError(f"video {vid} has {length} frames, more than YTVIS_FRAME_ID_STRIDE")
+        if video.get("length", length) != length:
+            raise ValueError(f"{json_file}: video {vid} has length {video['length']} but "
+                             f"{length} file_names")
         record = {
             "video_id": vid,
-            "length": video.get("length", length),
+            "length": length,
             "height": h,
             "width": w,
             "file_names": [os.path.join(image_root, name) for name in video["file_names"]],
@@ -121,6 +146,10 @@ def load_ytvis_json(json_file: str, image_root: str, dataset_name: Optional[str]
                 for t in range(length):
                     if bboxes[t] is None or segms[t] is None:
                         continue  # object not visible in this frame
+                    size = segms[t].get("size") if isinstance(segms[t], dict) else None
+                    if size is not None and list(size) != [h, w]:
+                        raise ValueError(f"{json_file}: track {ann['id']} of video {vid} has a "
+                                         f"{list(size)} mask in frame {t}, the video is {[h, w]}")
                     frames[t].append({
                         "id": ann["id"],
                         "category_id": id_map[ann["category_id"]],

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from detectron2.engine import DefaultPredictor
 
+from ...utils.images import bgr_to_model_input
 from .meta_arch import ORIGINAL_KEY, SIDE_STREAM_KEY, CDRERCNN
 
 __all__ = ["CDREPredictor"]
@@ -34,14 +35,12 @@ class CDREPredictor(DefaultPredictor):
             )
 
     def _prepare(self, image_bgr: np.ndarray, what: str, transform=None):
-        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-            shape = getattr(image_bgr, "shape", type(image_bgr).__name__)
-            raise ValueError(f"{what} must be an HxWx3 BGR array, got {shape}")
-        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         if transform is None:
-            transform = self.aug.get_transform(image)
-        resized = transform.apply_image(image)
-        return torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)), transform
+            if not isinstance(image_bgr, np.ndarray):
+                raise ValueError(f"{what} must be an HxWx3 BGR array, got "
+                                 f"{type(image_bgr).__name__}")
+            transform = self.aug.get_transform(image_bgr)
+        return bgr_to_model_input(image_bgr, self.input_format, transform, what), transform
 
     def _inputs(self, decoded_bgr: np.ndarray) -> Tuple[Dict, object]:
         image, transform = self._prepare(decoded_bgr, "decoded image")

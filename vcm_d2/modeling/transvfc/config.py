@@ -132,10 +132,7 @@ def _add_meta_arch_config(T):
     # (stage 2, eq. 7-8: the FSTs of TASKS, everything else frozen) or "task" (the task tails
     # on uncoded features, for task networks without a checkpoint, e.g. the synthetic benchmark).
     T.TRAIN_STAGE = "codec"
-    # Consecutive frames per training clip (ClipDatasetMapper); frame 0 is an I-frame (ours).
-    T.CLIP_LENGTH = 3
-    # Step between the frames of a training clip (1: consecutive frames).
-    T.CLIP_FRAME_STRIDE = 1
+    # (Training clips come from VCM.CLIP: frame 0 of a clip is an I-frame, the rest P-frames.)
     # Side of the random square crop of the res2 features in stage 1, in feature pixels (paper:
     # 128); clamped to the smallest frame of the batch. 0: whole frames.
     T.TRAIN_CROP_SIZE = 128
@@ -171,6 +168,26 @@ def _add_meta_arch_config(T):
     T.TASK.DETECTION = CN(new_allowed=True)
     T.TASK.DETECTION.TAIL = "FasterRCNNTail"
     T.TASK.DETECTION.FST = CN(new_allowed=True)
+
+    # Instance segmentation (the per-frame network of video instance segmentation, used inside
+    # MODEL.VCM.VIS with DETECTOR "TransVFC"): a Mask R-CNN of its own, built like the upstream
+    # network (MODEL.RESNETS / FPN / RPN / ROI_* keys) with MASK_ON, whose res2 is replaced by
+    # the transferred feature.
+    T.TASK.INSTANCE_SEG = CN(new_allowed=True)
+    T.TASK.INSTANCE_SEG.TAIL = "MaskRCNNTail"
+    # Table 2, instance segmentation: lambda_task 1, lambda_x 1024, lambda_mid 8, lambda_high 64.
+    T.TASK.INSTANCE_SEG.FST = CN(new_allowed=True)
+    T.TASK.INSTANCE_SEG.FST.LAMBDA_TASK = 1.0
+    T.TASK.INSTANCE_SEG.FST.LAMBDA_MID = 8.0
+    T.TASK.INSTANCE_SEG.FST.LAMBDA_HIGH = 64.0
+    # Checkpoint of the frozen network: a detectron2 Mask R-CNN, a VIS model (keys detector.*)
+    # or a TransVFC checkpoint (keys tasks.instance_seg.*). "": the weights MODEL.WEIGHTS gives.
+    T.TASK.INSTANCE_SEG.WEIGHTS = ""
+    # Classes of the network (YouTube-VIS 2019: 40); 0: MODEL.ROI_HEADS.NUM_CLASSES.
+    T.TASK.INSTANCE_SEG.NUM_CLASSES = 0
+    # Input normalization the network was trained with (empty: MODEL.PIXEL_MEAN / PIXEL_STD).
+    T.TASK.INSTANCE_SEG.PIXEL_MEAN = []
+    T.TASK.INSTANCE_SEG.PIXEL_STD = []
 
     # Semantic segmentation: a DeepLab-v3 network (ResNet + ASPP head of detectron2's DeepLab
     # project) whose res2 is replaced by the transferred feature.

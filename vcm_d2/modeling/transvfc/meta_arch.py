@@ -157,6 +157,10 @@ def _task_fst_config(cfg, name: str, feature_shape):
 class TransVFC(nn.Module):
     """Head + video feature codec + one FST per task + frozen task tails (module docstring)."""
 
+    # Training inputs are clips (inter-prediction needs consecutive frames): a wrapper such as
+    # the VIS model passes them on as they are.
+    trains_on_clips = True
+
     @configurable
     def __init__(self, *, backbone: nn.Module, codec: TransVFCCodec,
                  tails: Mapping[str, TaskTail], fsts: Mapping[str, FeatureSpaceTransform],

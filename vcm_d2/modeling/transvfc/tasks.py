@@ -18,6 +18,9 @@ Registered tails:
   of the transferred feature. Its backbone part is the upstream network itself (shared with
   the perception network, not copied); a standard detectron2 checkpoint's
   ``proposal_generator.*`` / ``roi_heads.*`` load into it (``checkpoint_aliases``).
+* ``MaskRCNNTail`` ("instances" with masks): a Mask R-CNN of its own (the per-frame network of
+  video instance segmentation, ``vcm_d2.modeling.vis``) whose stem + res2 make F^i_t and whose
+  res3-5 + FPN + heads run on the transferred feature. Weights from ``TASK.<NAME>.WEIGHTS``.
 * ``DeepLabV3Tail`` ("sem_seg"): a DeepLab-v3 network (detectron2's DeepLab project: ResNet with
   dilated res5 + ASPP head) whose stem + res2 make F^i_t and whose res3..res5 + head run on the
   transferred feature. Weights from ``TASK.<NAME>.WEIGHTS``.
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.modeling.proposal_generator import build_proposal_generator
@@ -51,6 +55,7 @@ __all__ = [
     "TRANSVFC_TASK_REGISTRY",
     "TaskTail",
     "FasterRCNNTail",
+    "MaskRCNNTail",
     "DeepLabV3Tail",
     "build_task_tail",
     "task_key",
@@ -65,6 +70,9 @@ TRANSVFC_TASK_REGISTRY.__doc__ = """Task tails of TransVFC: ``TaskTail`` classes
 ``from_task_config(cfg, node, upstream, key)``; node: ``cfg.MODEL.VCM.TRANSVFC.TASK.<NAME>``."""
 
 IMAGE_CHANNELS = 3
+# Prefix of the per-frame network in a video instance segmentation checkpoint: equal to
+# vcm_d2.modeling.vis.DETECTOR_PREFIX (tested), not imported since the VIS model wraps this one.
+VIS_DETECTOR_PREFIX = "detector."
 RESNET_STAGES = ("res2", "res3", "res4", "res5")
 # ResNet depths built with basic blocks (no dilation in detectron2): plain ResNet builder.
 BASIC_BLOCK_DEPTHS = (18, 34)
@@ -144,6 +152,20 @@ class TaskTail(nn.Module):
         non-TransVFC checkpoint stores under other names (default: none)."""
         return {}
 
+    def load_weights(self, path: str, prefixes: Sequence[str] = ()) -> None:
+        """Load this tail's network from a checkpoint of the network itself, or from the keys
+        under the first of ``prefixes`` found (its part of a TransVFC checkpoint,
+        ``tasks.<key>.``, or of a wrapper's). Every parameter must be found: a frozen network
+        with random parts would silently ruin the task."""
+        checkpointer = _PrefixCheckpointer(self, prefixes)
+        checkpointer.load(path, checkpointables=[])
+        missing = [k for k in checkpointer.incompatible.missing_keys
+                   if "num_batches_tracked" not in k]
+        if missing:
+            raise ValueError(f"{path} does not hold the network of {type(self).__name__}: "
+                             f"{len(missing)} parameters missing, e.g. {missing[:3]}")
+        logger.info("Loaded %s from %s", type(self).__name__, path)
+
 
 # ------------------------------------------------------------------------------ detection
 @TRANSVFC_TASK_REGISTRY.register()
@@ -207,6 +229,43 @@ class FasterRCNNTail(TaskTail):
         return {"proposal_generator.": "proposal_generator.", "roi_heads.": "roi_heads."}
 
 
+@TRANSVFC_TASK_REGISTRY.register()
+class MaskRCNNTail(FasterRCNNTail):
+    """Instance segmentation (the per-frame network of video instance segmentation) with a
+    Mask R-CNN of its own, as the paper's CrossVIS is a network apart from the upstream one:
+    its stem + res2 make F^i_t; its res3-5 + FPN, RPN, box and mask heads run on the transferred
+    feature. Built like the upstream network (the global MODEL.RESNETS / FPN / RPN / ROI_*
+    keys) with MASK_ON and the node's NUM_CLASSES; weights from the node's WEIGHTS."""
+
+    def __init__(self, *, backbone: nn.Module, proposal_generator: nn.Module,
+                 roi_heads: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float]):
+        if not getattr(roi_heads, "mask_on", False):
+            raise ValueError("MaskRCNNTail needs ROI heads with a mask head")
+        super().__init__(upstream=SplitBackbone(backbone), proposal_generator=proposal_generator,
+                         roi_heads=roi_heads, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        self.backbone = backbone  # its own network: registered here, unlike the upstream
+
+    @classmethod
+    def from_task_config(cls, cfg, node, upstream: SplitBackbone, key: str):
+        sub = cfg.clone()
+        sub.defrost()
+        sub.MODEL.MASK_ON = True
+        if node.NUM_CLASSES > 0:
+            sub.MODEL.ROI_HEADS.NUM_CLASSES = node.NUM_CLASSES
+        backbone = build_backbone(sub)
+        shape = backbone.output_shape()
+        tail = cls(backbone=backbone, proposal_generator=build_proposal_generator(sub, shape),
+                   roi_heads=build_roi_heads(sub, shape),
+                   pixel_mean=node.PIXEL_MEAN or cfg.MODEL.PIXEL_MEAN,
+                   pixel_std=node.PIXEL_STD or cfg.MODEL.PIXEL_STD)
+        if node.WEIGHTS:  # a Mask R-CNN, a VIS model (detector.*) or a TransVFC checkpoint
+            tail.load_weights(node.WEIGHTS, prefixes=(f"tasks.{key}.", VIS_DETECTOR_PREFIX))
+        return tail
+
+    def checkpoint_aliases(self) -> Dict[str, str]:
+        return {}  # MODEL.WEIGHTS' heads are the upstream detector's, not this network's
+
+
 # ------------------------------------------------------------------------------ segmentation
 def _deeplab_subconfig(node):
     """A detectron2 config for the DeepLab-v3 network of a task node (its own namespace)."""
@@ -234,19 +293,21 @@ def _deeplab_subconfig(node):
 
 
 class _PrefixCheckpointer(DetectionCheckpointer):
-    """Loads the keys under ``prefix`` (with it stripped) when the checkpoint has any, else the
-    checkpoint as is; keeps the incompatible keys for the caller."""
+    """Loads the keys under the first of ``prefixes`` the checkpoint has (with it stripped),
+    else the checkpoint as is; keeps the incompatible keys for the caller."""
 
-    def __init__(self, model: nn.Module, prefix: str):
+    def __init__(self, model: nn.Module, prefixes: Sequence[str]):
         super().__init__(model)
-        self.prefix = prefix
+        self.prefixes = [p for p in prefixes if p]
         self.incompatible = None
 
     def _load_model(self, checkpoint):
         state = checkpoint["model"]
-        if self.prefix and any(k.startswith(self.prefix) for k in state):
-            checkpoint["model"] = {k[len(self.prefix):]: v for k, v in state.items()
-                                   if k.startswith(self.prefix)}
+        for prefix in self.prefixes:
+            if any(k.startswith(prefix) for k in state):
+                checkpoint["model"] = {k[len(prefix):]: v for k, v in state.items()
+                                       if k.startswith(prefix)}
+                break
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
 
@@ -306,21 +367,8 @@ class DeepLabV3Tail(TaskTail):
                    pixel_std=node.PIXEL_STD or cfg.MODEL.PIXEL_STD,
                    flip_channels=input_format != cfg.INPUT.FORMAT)
         if node.WEIGHTS:
-            tail.load_weights(node.WEIGHTS, transvfc_prefix=f"tasks.{key}.")
+            tail.load_weights(node.WEIGHTS, prefixes=(f"tasks.{key}.",))
         return tail
-
-    def load_weights(self, path: str, transvfc_prefix: str = "") -> None:
-        """Load a SemanticSegmentor checkpoint, or this tail's part of a TransVFC checkpoint
-        (keys under ``transvfc_prefix``). Every parameter must be found: a frozen network
-        with random parts would silently ruin the task."""
-        checkpointer = _PrefixCheckpointer(self, transvfc_prefix)
-        checkpointer.load(path, checkpointables=[])
-        missing = [k for k in checkpointer.incompatible.missing_keys
-                   if "num_batches_tracked" not in k]
-        if missing:
-            raise ValueError(f"{path} does not hold the segmentation network: {len(missing)} "
-                             f"parameters missing, e.g. {missing[:3]}")
-        logger.info("Loaded the semantic segmentation tail from %s", path)
 
     def feature_shape(self) -> ShapeSpec:
         return ShapeSpec(channels=self._split.feature_channels, stride=self._split.feature_stride)
