@@ -9,12 +9,15 @@ Example (two machines, each running one shard; the last one to finish writes the
 
 Output: ``<output>/<dataset>/<codec>/q<quality>/{manifest.json,frames/,records/}``, read back by
 ``vcm_d2.data.pairs`` (pair datasets named ``<dataset>@<codec>_q<quality>``). Reruns resume.
+With ``--degradation lowlight|noise`` the source frames are first degraded (TransVFC robustness
+test, ``vcm_d2.data.degradation``) and the dataset ``<dataset>~<kind>`` is compressed instead.
 Exit status 1 if some sequence failed (all others are finished first) or ``--merge`` found
 missing records.
 """
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Dict, List, Sequence
 
@@ -23,6 +26,8 @@ from detectron2.utils.logger import setup_logger
 
 import vcm_d2  # noqa: F401  (registers codecs and built-in datasets)
 from vcm_d2.codecs import available_codecs
+from vcm_d2.data.datasets.builtin import DEGRADED_DIRNAME
+from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
 from vcm_d2.data.pairs import PAIR_NAME_SEPARATOR as PAIR_SEPARATOR
 from vcm_d2.engine.compress import CompressionError, assemble_manifests, compress_dataset, parse_shard
 
@@ -74,6 +79,14 @@ def get_parser() -> argparse.ArgumentParser:
                         help="register compressed pair datasets under DIR first (to recompress them)")
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="config whose VCM.PAIRS.ROOTS / DATASETS.TEST are used")
+    parser.add_argument("--degradation", choices=sorted(DEGRADATIONS),
+                        help="degrade the source frames first (TransVFC robustness test) and "
+                        "compress the degraded dataset <dataset>~<kind>")
+    parser.add_argument("--degradation-root", metavar="DIR",
+                        help="folder of the degraded datasets (default: "
+                        f"$DETECTRON2_DATASETS/{DEGRADED_DIRNAME})")
+    parser.add_argument("--degradation-seed", type=int, default=0,
+                        help="seed of the noise (with each frame's path)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     return parser
@@ -106,6 +119,25 @@ def _register(args) -> List[str]:
     return defaults
 
 
+def _default_degradation_root() -> str:
+    # Same datasets root as vcm_d2.data.datasets.builtin, which registers what is found there.
+    datasets_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    return os.path.join(datasets_root, DEGRADED_DIRNAME)
+
+
+def _degrade(datasets: List[str], args, log: logging.Logger) -> List[str]:
+    """Create (or resume) the degraded copy of each dataset; return the degraded names."""
+    root = args.degradation_root or _default_degradation_root()
+    names = []
+    for name in datasets:
+        degraded = degrade_dataset(name, args.degradation, root, seed=args.degradation_seed,
+                                   progress=not args.no_progress, workers=args.workers)
+        log.info("Degraded %s with %s (seed %d) under %s: compressing dataset %s",
+                 name, args.degradation, args.degradation_seed, root, degraded)
+        names.append(degraded)
+    return names
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="vcm_d2")
@@ -126,6 +158,15 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: dataset(s) not registered: {unknown}", file=sys.stderr)
         return 2
+    if args.degradation:
+        try:
+            datasets = _degrade(datasets, args, log)
+        except ValueError as e:  # a folder made with other settings, bad seed, ...
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except RuntimeError as e:  # an unreadable frame
+            log.error("%s", e)
+            return 1
     status = 0
     for name in datasets:
         try:

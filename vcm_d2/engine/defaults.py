@@ -5,6 +5,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 from ..config import add_vcm_config
+from ..data.degradation import register_degraded_datasets_from_dir
 from ..data.pairs import register_pair_datasets_from_dir
 
 
@@ -17,12 +18,17 @@ def register_pair_roots(roots):
     """Register every compressed pair dataset found under ``roots`` (cfg.VCM.PAIRS.ROOTS).
 
     Each root holds ``<dataset>/<codec>/q<quality>/manifest.json``; only folders named after a
-    registered base dataset are used. Returns the registered names."""
+    registered base dataset are used. Degraded datasets stored directly in a root
+    (``<dataset>~<kind>/``, see vcm_d2.data.degradation) are registered first, so that their
+    pairs (``<dataset>~<kind>@<codec>_q<quality>``) are found too. Returns the registered names."""
     names = []
     registered = set(DatasetCatalog.list())
     for root in roots:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"VCM.PAIRS.ROOTS entry {root!r} is not a directory")
+        degraded = register_degraded_datasets_from_dir(root)
+        names += degraded
+        registered.update(degraded)
         for base in sorted(os.listdir(root)):
             if base in registered and os.path.isdir(os.path.join(root, base)):
                 names += register_pair_datasets_from_dir(root, base)

@@ -1,14 +1,16 @@
 """Register the real datasets found under ``$DETECTRON2_DATASETS`` (default ``./datasets``).
 
 A split is registered only if its files are present, so importing vcm_d2 never fails without
-data. COCO-2017 is registered by detectron2 itself; here we add YouTube-VIS 2019, VSPW and the
-compressed pair datasets found under ``<root>/vcm_compressed`` (see datasets/README.md).
+data. COCO-2017 is registered by detectron2 itself; here we add YouTube-VIS 2019, VSPW, the
+degraded datasets found under ``<root>/vcm_degraded`` and the compressed pair datasets found under
+``<root>/vcm_compressed`` (see datasets/README.md).
 """
 import logging
 import os
 
 from detectron2.data import DatasetCatalog
 
+from ..degradation import register_degraded_datasets_from_dir
 from ..pairs import register_pair_datasets_from_dir
 from .vspw import register_vspw
 from .ytvis import get_ytvis_2019_metadata, register_ytvis_frames, register_ytvis_instances
@@ -16,9 +18,11 @@ from .ytvis import get_ytvis_2019_metadata, register_ytvis_frames, register_ytvi
 __all__ = [
     "register_all_ytvis_2019",
     "register_all_vspw",
+    "register_all_degraded",
     "register_all_compressed_pairs",
     "register_all",
     "COMPRESSED_DIRNAME",
+    "DEGRADED_DIRNAME",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ _PREDEFINED_SPLITS_VSPW = {
 
 # Output folder of tools/compress_dataset.py inside the datasets root.
 COMPRESSED_DIRNAME = "vcm_compressed"
+# Output folder of the degraded datasets (vcm_d2.data.degradation) inside the datasets root.
+DEGRADED_DIRNAME = "vcm_degraded"
 
 
 def _unregistered(name: str) -> bool:
@@ -79,6 +85,22 @@ def register_all_vspw(root: str) -> list:
     return names
 
 
+def register_all_degraded(root: str) -> list:
+    """Register the finished ``<root>/vcm_degraded/<dataset>~<kind>/`` of registered datasets.
+
+    Call after the base datasets and before the pairs (which may be pairs of degraded datasets);
+    returns the degraded dataset names.
+    """
+    degraded = os.path.join(root, DEGRADED_DIRNAME)
+    if not os.path.isdir(degraded):
+        return []
+    try:  # a broken folder is skipped with a warning: it must not break `import vcm_d2`
+        return register_degraded_datasets_from_dir(degraded, strict=False)
+    except OSError as e:
+        logger.warning("Skipping degraded datasets under %s: %s", degraded, e)
+        return []
+
+
 def register_all_compressed_pairs(root: str) -> list:
     """Register ``<root>/vcm_compressed/<dataset>/<codec>/q*/manifest.json`` of registered datasets.
 
@@ -101,6 +123,7 @@ def register_all_compressed_pairs(root: str) -> list:
 def register_all(root: str) -> list:
     """Register every dataset present under ``root``; returns the names registered."""
     names = register_all_ytvis_2019(root) + register_all_vspw(root)
+    names += register_all_degraded(root)
     return names + register_all_compressed_pairs(root)
 
 
