@@ -15,6 +15,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from .ytvis_evaluation import YTVISEvaluator
+
 
 class RateTaskEvaluator(DatasetEvaluator):
     """Wrap a task evaluator and add ``results["rate"] = {"bpp", "side_bpp", "frames"}``."""
@@ -117,8 +119,10 @@ def build_task_evaluator(cfg, dataset_name, output_folder=None):
     elif evaluator_type == "sem_seg":
         task = SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
                                sem_seg_loading_fn=load_sem_seg)
+    elif evaluator_type == "ytvis":
+        task = YTVISEvaluator(dataset_name, distributed=True, output_dir=output_folder)
     else:
-        known = ["coco", "sem_seg"]
+        known = ["coco", "coco_panoptic_seg", "sem_seg", "ytvis"]
         raise NotImplementedError(
             f"no evaluator for evaluator_type={evaluator_type!r} of {dataset_name}; known: {known}"
         )

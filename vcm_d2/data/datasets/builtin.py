@@ -1,7 +1,7 @@
 """Register the real datasets found under ``$DETECTRON2_DATASETS`` (default ``./datasets``).
 
 A split is registered only if its files are present, so importing vcm_d2 never fails without
-data. COCO-2017 is registered by detectron2 itself; here we add YouTube-VIS 2019, VSPW, the
+data. COCO-2017 is registered by detectron2 itself; here we add YouTube-VIS 2019 / 2021, VSPW, the
 degraded datasets found under ``<root>/vcm_degraded`` and the compressed pair datasets found under
 ``<root>/vcm_compressed`` (see datasets/README.md).
 """
@@ -13,10 +13,16 @@ from detectron2.data import DatasetCatalog
 from ..degradation import register_degraded_datasets_from_dir
 from ..pairs import register_pair_datasets_from_dir
 from .vspw import register_vspw
-from .ytvis import get_ytvis_2019_metadata, register_ytvis_frames, register_ytvis_instances
+from .ytvis import (
+    get_ytvis_2019_metadata,
+    get_ytvis_2021_metadata,
+    register_ytvis_frames,
+    register_ytvis_instances,
+)
 
 __all__ = [
     "register_all_ytvis_2019",
+    "register_all_ytvis_2021",
     "register_all_vspw",
     "register_all_degraded",
     "register_all_compressed_pairs",
@@ -31,6 +37,10 @@ logger = logging.getLogger(__name__)
 _PREDEFINED_SPLITS_YTVIS_2019 = {
     "ytvis_2019_train": ("ytvis_2019/train/JPEGImages", "ytvis_2019/train.json"),
     "ytvis_2019_val": ("ytvis_2019/valid/JPEGImages", "ytvis_2019/valid.json"),
+}
+_PREDEFINED_SPLITS_YTVIS_2021 = {
+    "ytvis_2021_train": ("ytvis_2021/train/JPEGImages", "ytvis_2021/train/instances.json"),
+    "ytvis_2021_val": ("ytvis_2021/valid/JPEGImages", "ytvis_2021/valid/instances.json"),
 }
 # Frame-level variant of each YTVIS split, for image detectors.
 FRAMES_SUFFIX = "_frames"
@@ -56,20 +66,30 @@ def _unregistered(name: str) -> bool:
     return True
 
 
-def register_all_ytvis_2019(root: str) -> list:
-    """Register the YTVIS-2019 splits present under ``root``; returns the names registered."""
+def _register_ytvis(root: str, splits, metadata) -> list:
     names = []
-    for name, (image_root, json_file) in _PREDEFINED_SPLITS_YTVIS_2019.items():
+    for name, (image_root, json_file) in splits.items():
         image_root, json_file = os.path.join(root, image_root), os.path.join(root, json_file)
         if not (os.path.isfile(json_file) and os.path.isdir(image_root)):
             continue
         if _unregistered(name):
-            register_ytvis_instances(name, get_ytvis_2019_metadata(), json_file, image_root)
+            register_ytvis_instances(name, metadata, json_file, image_root)
             names.append(name)
         if _unregistered(name + FRAMES_SUFFIX):
-            register_ytvis_frames(name + FRAMES_SUFFIX, get_ytvis_2019_metadata(), json_file, image_root)
+            register_ytvis_frames(name + FRAMES_SUFFIX, metadata, json_file, image_root)
             names.append(name + FRAMES_SUFFIX)
     return names
+
+
+def register_all_ytvis_2019(root: str) -> list:
+    """Register the YTVIS-2019 splits present under ``root``; returns the names registered."""
+    return _register_ytvis(root, _PREDEFINED_SPLITS_YTVIS_2019, get_ytvis_2019_metadata())
+
+
+def register_all_ytvis_2021(root: str) -> list:
+    """Register the YTVIS-2021 splits present under ``root`` (the 2021 release puts
+    ``instances.json`` inside each split folder); returns the names registered."""
+    return _register_ytvis(root, _PREDEFINED_SPLITS_YTVIS_2021, get_ytvis_2021_metadata())
 
 
 def register_all_vspw(root: str) -> list:
@@ -122,7 +142,7 @@ def register_all_compressed_pairs(root: str) -> list:
 
 def register_all(root: str) -> list:
     """Register every dataset present under ``root``; returns the names registered."""
-    names = register_all_ytvis_2019(root) + register_all_vspw(root)
+    names = register_all_ytvis_2019(root) + register_all_ytvis_2021(root) + register_all_vspw(root)
     names += register_all_degraded(root)
     return names + register_all_compressed_pairs(root)
 
