@@ -24,7 +24,7 @@ from vcm_d2.data.synthetic import VAL_SPEC, load_synthetic_videos, render_video
 from vcm_d2.engine import VCMTrainer, VideoPredictor, get_vcm_cfg
 from vcm_d2.modeling.transvfc import FST_TABLE2_WEIGHTS
 from vcm_d2.modeling.transvfc.tasks import VIS_DETECTOR_PREFIX, MaskRCNNTail
-from vcm_d2.modeling.vis import DETECTOR_PREFIX, VideoInstanceSegmentor, VideoTracks
+from vcm_d2.modeling.vis import DETECTOR_PREFIX, VideoTracks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = os.path.join(REPO, "configs", "synthetic")
@@ -348,3 +348,46 @@ def test_video_data_errors_name_the_video(tmp_path):
     small = dict(video, height=100)
     with pytest.raises(ValueError, match="video 77 frame 0"):
         mapper(to_video_dicts([small])[0])
+
+
+# ------------------------------------------------------------------ through tools/train_net.py
+def _train_net():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools", "train_net.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_net_trains_and_evaluates_vis_with_rate(tmp_path):
+    """2 iterations on clips, then YouTube-VIS AP and bpp on a compressed VIS pair dataset
+    (bits of the manifest) and on TransVFC streams (bits of the model)."""
+    from vcm_d2.engine.compress import compress_dataset
+
+    manifests = compress_dataset("vcm_synth_vis_val", "x264", [40], str(tmp_path / "comp"),
+                                 codec_options={"gop": 12}, progress=False)
+    with open(manifests[40]) as f:
+        manifest_bpp = json.load(f)["bpp"]
+    train_net = _train_net()
+    common = ["DATALOADER.NUM_WORKERS", "0", "VCM.PAIRS.ROOTS", f"('{tmp_path / 'comp'}',)",
+              "DATASETS.TEST", "('vcm_synth_vis_val@x264_q40',)"]
+    train_net.main(train_net.default_argument_parser().parse_args([
+        "--config-file", VIS_SLIM, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(tmp_path / "out"), *common]))
+    final = tmp_path / "out" / "model_final.pth"
+    res = train_net.main(train_net.default_argument_parser().parse_args([
+        "--config-file", VIS_SLIM, "--eval-only", "MODEL.WEIGHTS", str(final),
+        "OUTPUT_DIR", str(tmp_path / "eval"), *common]))
+    assert 0.0 <= res["segm"]["AP"] <= 100.0 and "AR10" in res["segm"]
+    assert res["rate"]["frames"] == 96
+    assert res["rate"]["bpp"] == pytest.approx(manifest_bpp, rel=1e-9)
+    written = tmp_path / "eval" / "inference" / "vcm_synth_vis_val@x264_q40" / "results.json"
+    assert json.loads(written.read_text())  # the official submission format
+
+    res = train_net.main(train_net.default_argument_parser().parse_args([
+        "--config-file", VIS_TRANSVFC, "--eval-only", "OUTPUT_DIR", str(tmp_path / "tvfc"),
+        "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "('vcm_synth_vis_val',)",
+        "MODEL.VCM.VIS.MAX_TRACKS_PER_VIDEO", "10"]))
+    assert res["rate"]["frames"] == 96 and res["rate"]["bpp"] > 0 and res["rate"]["side_bpp"] == 0
+    assert "AP" in res["segm"]

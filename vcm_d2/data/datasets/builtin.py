@@ -7,6 +7,7 @@ degraded datasets found under ``<root>/vcm_degraded`` and the compressed pair da
 """
 import logging
 import os
+from typing import Optional
 
 from detectron2.data import DatasetCatalog
 
@@ -81,15 +82,21 @@ def _register_ytvis(root: str, splits, metadata) -> list:
     return names
 
 
-def register_all_ytvis_2019(root: str) -> list:
-    """Register the YTVIS-2019 splits present under ``root``; returns the names registered."""
-    return _register_ytvis(root, _PREDEFINED_SPLITS_YTVIS_2019, get_ytvis_2019_metadata())
+def register_all_ytvis_2019(root: str, metadata: Optional[dict] = None) -> list:
+    """Register the YTVIS-2019 splits present under ``root``; returns the names registered.
+
+    ``metadata``: class metadata of the splits; None: the official 40 classes (a json with
+    other classes is then refused when loaded), ``{}``: the classes of the json itself, for a
+    dataset of your own in this layout."""
+    meta = get_ytvis_2019_metadata() if metadata is None else metadata
+    return _register_ytvis(root, _PREDEFINED_SPLITS_YTVIS_2019, meta)
 
 
-def register_all_ytvis_2021(root: str) -> list:
+def register_all_ytvis_2021(root: str, metadata: Optional[dict] = None) -> list:
     """Register the YTVIS-2021 splits present under ``root`` (the 2021 release puts
-    ``instances.json`` inside each split folder); returns the names registered."""
-    return _register_ytvis(root, _PREDEFINED_SPLITS_YTVIS_2021, get_ytvis_2021_metadata())
+    ``instances.json`` inside each split folder); ``metadata`` as for 2019."""
+    meta = get_ytvis_2021_metadata() if metadata is None else metadata
+    return _register_ytvis(root, _PREDEFINED_SPLITS_YTVIS_2021, meta)
 
 
 def register_all_vspw(root: str) -> list:

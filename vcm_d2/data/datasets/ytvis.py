@@ -105,7 +105,9 @@ def load_ytvis_json(json_file: str, image_root: str, dataset_name: Optional[str]
         elif list(existing) != names:
             raise ValueError(
                 f"{json_file} has classes {names} but dataset {dataset_name!r} was registered with "
-                f"{list(existing)}"
+                f"{list(existing)}; for a dataset of your own in this layout register it with the "
+                "json's classes (register_all_ytvis_2019(root, metadata={}) or "
+                "register_ytvis_instances(name, {}, json_file, image_root))"
             )
 
     has_annotations = "annotations" in data
