@@ -4,10 +4,13 @@
 TransVFC (feature coding, one model per lambda_R, bits of its real bitstreams incl. stream
 headers and I-frames) against the pixel codecs x264 / x265 (zerolatency, keyint = --gop) and
 VVC (vvenc, low delay), whose decoded frames go to the same frozen task networks, for
-detection (AP, slim R18 Faster R-CNN) and semantic segmentation (mIoU, slim DeepLab-v3):
+detection (AP, slim R18 Faster R-CNN), semantic segmentation (mIoU, slim DeepLab-v3) and video
+instance segmentation (YouTube-VIS AP, slim Mask R-CNN + tracker, whole videos):
 
-    1. compress vcm_synth_val with every codec (pair datasets; also used for segmentation)
-    2. the clean slim detector (as `make demo` trains it) and the slim segmentation network
+    1. compress vcm_synth_val with every codec (pair datasets; the segmentation and VIS splits
+       hold the same frames and reuse them)
+    2. the clean slim detector (as `make demo` trains it), the slim segmentation network and
+       the VIS network (the detector + a mask head, trained on clips)
     3. stage 1 per lambda_R: the first (largest) lambda runs the full Table 1 schedule from the
        detector; each next lambda is fine-tuned from the previous one (--finetune-iters, the
        same schedule scaled), the usual way to get a family of rate points cheaply
@@ -23,7 +26,7 @@ Resumable: every compression, training and evaluation is skipped when already do
 import argparse
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -44,14 +47,22 @@ DEFAULT_QUALITIES = tuple(demo.DEFAULT_QUALITIES) + (37, 42)
 DEFAULT_VVC_QUALITIES = tuple(demo.DEFAULT_VVC_QUALITIES) + (33, 38)
 STAGE1_CONFIG = "transvfc_stage1_slim_lambda{:g}.yaml"
 STAGE2_CONFIG = {"detection": "transvfc_stage2_slim_detection.yaml",
-                 "semseg": "transvfc_stage2_slim_semseg.yaml"}
-SEMSEG_NETWORK_CONFIG = "transvfc_task_slim_semseg.yaml"
+                 "semseg": "transvfc_stage2_slim_semseg.yaml",
+                 "vis": "transvfc_stage2_slim_vis.yaml"}
 BASE_CONFIG = "transvfc_base_slim.yaml"
+# Frozen task networks without a checkpoint, trained here from the clean detector: config and
+# output folder per task (their weights become TASK.<node>.WEIGHTS of TransVFC).
+TASK_NETWORK_CONFIG = {"semseg": ("transvfc_task_slim_semseg.yaml", "semseg_network"),
+                       "vis": ("vis_mask_rcnn_R18_slim.yaml", "vis_network")}
 # Per task: TransVFC task node, validation set, evaluation result key, metric.
 TASKS = {
     "detection": ("DETECTION", demo.VAL_SET, "bbox", "AP"),
     "semseg": ("SEM_SEG", "vcm_synth_sem_val", "sem_seg", "mIoU"),
+    "vis": ("INSTANCE_SEG", "vcm_synth_vis_val", "segm", "AP"),
 }
+# Config of each task's pixel anchor: the frozen task network on the decoded frames (TransVFC
+# with INFERENCE_INPUT pixels; for VIS inside the video model, which tracks and scores videos).
+PIXEL_CONFIG = {"detection": BASE_CONFIG, "semseg": BASE_CONFIG, "vis": STAGE2_CONFIG["vis"]}
 PIXEL_METHOD = demo.ANCHOR_METHOD  # pixel codec -> frozen task network ("direct")
 TRANSVFC, TRANSVFC_METHOD = "transvfc", "fst"  # curve "transvfc/fst": decoded features -> FST
 
@@ -61,7 +72,8 @@ logger = logging.getLogger("vcm_d2.transvfc_rate_task")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=demo._HelpFormatter)
     p.add_argument("--output", default="output/transvfc_rate_task", help="output folder (resumable)")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
+                   help="vis: see also benchmarks/vis_rate_task.py (CDRE and fine-tune rows)")
     p.add_argument("--lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS),
                    help="lambda_R of the stage-1 models (slim configs exist for 1, 4, 16, 32, 128, "
                         "256); trained in this order, each next one fine-tuned from the previous")
@@ -72,6 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--stage2-iters", type=int, default=300, help="stage-2 (FST) iterations")
     p.add_argument("--semseg-iters", type=int, default=1500,
                    help="iterations of the slim segmentation network (uncoded frames)")
+    p.add_argument("--vis-iters", type=int, default=600,
+                   help="iterations of the VIS network from the clean detector (uncoded clips)")
     p.add_argument("--train-iters", type=int, default=demo.DEFAULT_TRAIN_ITERS,
                    help="iterations of the clean detector")
     p.add_argument("--codecs", nargs="+", default=["x264", "x265", "vvc"],
@@ -126,14 +140,21 @@ def stage1_cfg(out: str, lam: float, iters: int, weights: str, extra: Sequence):
     return cfg
 
 
-def stage2_cfg(out: str, task: str, stage1, iters: int, semseg_weights: str, extra: Sequence):
+def _task_weights_opts(task: str, task_weights: Dict[str, str]) -> List:
+    """TASK.<node>.WEIGHTS of a task whose frozen network was trained here."""
+    if task not in TASK_NETWORK_CONFIG:
+        return []
+    return [f"MODEL.VCM.TRANSVFC.TASK.{TASKS[task][0]}.WEIGHTS", task_weights[task]]
+
+
+def stage2_cfg(out: str, task: str, stage1, iters: int, task_weights: Dict[str, str],
+               extra: Sequence):
     T = stage1.MODEL.VCM.TRANSVFC
     lam = T.LAMBDA_R
     opts = ["MODEL.WEIGHTS", os.path.join(stage1.OUTPUT_DIR, "model_final.pth"),
             "MODEL.VCM.TRANSVFC.MODEL_ID", T.MODEL_ID,
             "MODEL.VCM.TRANSVFC.QUALITY_INDEX", T.QUALITY_INDEX, "MODEL.VCM.TRANSVFC.LAMBDA_R", lam]
-    if task == "semseg":
-        opts += ["MODEL.VCM.TRANSVFC.TASK.SEM_SEG.WEIGHTS", semseg_weights]
+    opts += _task_weights_opts(task, task_weights)
     cfg = demo.model_cfg(STAGE2_CONFIG[task], "", list(extra) + opts)
     scale_schedule(cfg, iters)
     cfg.OUTPUT_DIR = os.path.join(out, "stage2", f"{task}_lambda{lam:g}_{iters}it_from_"
@@ -141,20 +162,32 @@ def stage2_cfg(out: str, task: str, stage1, iters: int, semseg_weights: str, ext
     return cfg
 
 
-def pixel_cfg(out: str, task: str, semseg_weights: str, extra: Sequence):
+def pixel_cfg(out: str, task: str, task_weights: Dict[str, str], extra: Sequence):
     """The frozen task network of ``task`` on decoded pixels (TransVFC INFERENCE_INPUT pixels)."""
     opts = ["MODEL.VCM.TRANSVFC.TASKS", [TASKS[task][0]],
-            "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", "pixels"]
-    if task == "semseg":
-        opts += ["MODEL.VCM.TRANSVFC.TASK.SEM_SEG.WEIGHTS", semseg_weights]
-    return demo.model_cfg(BASE_CONFIG, os.path.join(out, "pixels", task), list(extra) + opts)
+            "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", "pixels"] + _task_weights_opts(task, task_weights)
+    return demo.model_cfg(PIXEL_CONFIG[task], os.path.join(out, "pixels", task),
+                          list(extra) + opts)
 
 
 # ----------------------------------------------------------------------------- pipeline
+def register_joined_pairs(root: str, frame_set: str, target_set: str, codec: str,
+                          qualities: Sequence[float]) -> List[str]:
+    """Pair datasets of ``target_set`` from the manifests of ``frame_set`` (a split holding the
+    same frames, e.g. its semantic or video version): compressed once, registered for both."""
+    names = []
+    for q in qualities:
+        manifest = os.path.join(output_dir_for(root, frame_set, codec, q), MANIFEST_FILENAME)
+        name = pair_dataset_name(target_set, codec, q)
+        register_pair_dataset(name, manifest, target_set)
+        names.append(name)
+    return names
+
+
 def compress_val(out: str, codecs: Sequence[str], qualities_of, gop: int, workers: int,
                  times) -> Dict[str, List[str]]:
-    """Compressed validation pairs per (task, codec): the detection and segmentation sets share
-    their frames, so one compression serves both (registered twice)."""
+    """Compressed validation pairs per (task, codec): the detection, segmentation and VIS sets
+    share their frames, so one compression serves all (registered for each)."""
     root = os.path.join(out, "compressed")
     done = all(demo.is_compressed((demo.VAL_SET,), [c], qualities_of(c), root) for c in codecs)
     names = {}
@@ -163,13 +196,68 @@ def compress_val(out: str, codecs: Sequence[str], qualities_of, gop: int, worker
             pairs = demo.compress_pairs((demo.VAL_SET,), [codec], qualities_of(codec), root,
                                         {"gop": gop}, workers)
             names["detection", codec] = pairs[demo.VAL_SET, codec]
-            names["semseg", codec] = []
-            for q in qualities_of(codec):
-                manifest = os.path.join(output_dir_for(root, demo.VAL_SET, codec, q), MANIFEST_FILENAME)
-                name = pair_dataset_name(TASKS["semseg"][1], codec, q)
-                register_pair_dataset(name, manifest, TASKS["semseg"][1])
-                names["semseg", codec].append(name)
+            for task in ("semseg", "vis"):
+                names[task, codec] = register_joined_pairs(root, demo.VAL_SET, TASKS[task][1],
+                                                           codec, qualities_of(codec))
     return names
+
+
+def train_task_networks(out: str, tasks: Sequence[str], detector: str, iters: Dict[str, int],
+                        extra: Sequence, times) -> Dict[str, str]:
+    """The frozen networks of ``tasks`` that have no checkpoint (TASK_NETWORK_CONFIG), each
+    trained from the clean detector for ``iters[task]`` iterations; {task: weights}."""
+    weights = {}
+    for task in tasks:
+        if task not in TASK_NETWORK_CONFIG:
+            continue
+        config, folder = TASK_NETWORK_CONFIG[task]
+        cfg = demo.model_cfg(config, os.path.join(out, folder), ["MODEL.WEIGHTS", detector] + list(extra))
+        scale_schedule(cfg, iters[task])
+        with times.step(f"train_{folder}", demo.is_trained(cfg)):
+            weights[task] = demo.train(cfg)
+    return weights
+
+
+def train_stage1(out: str, lambdas: Sequence[float], first_iters: int, finetune_iters: int,
+                 detector: str, extra: Sequence, times) -> List:
+    """Stage-1 configs per lambda_R (trained if needed): the first from the detector with the
+    full schedule, each next one fine-tuned from the previous."""
+    stage1, weights = [], detector
+    for i, lam in enumerate(lambdas):
+        cfg = stage1_cfg(out, lam, first_iters if i == 0 else finetune_iters, weights, extra)
+        with times.step(f"stage1_lambda{lam:g}", demo.is_trained(cfg)):
+            weights = demo.train(cfg)
+        stage1.append(cfg)
+    return stage1
+
+
+def train_stage2(out: str, task: str, stage1: Sequence, iters: int, task_weights: Dict[str, str],
+                 extra: Sequence, times) -> List[Tuple]:
+    """Stage-2 (FST) models of ``task``, one per stage-1 model: [(cfg, weights)]."""
+    models = []
+    for cfg1 in stage1:
+        cfg = stage2_cfg(out, task, cfg1, iters, task_weights, extra)
+        with times.step(f"stage2_{task}_lambda{cfg1.MODEL.VCM.TRANSVFC.LAMBDA_R:g}",
+                        demo.is_trained(cfg)):
+            models.append((cfg, demo.train(cfg)))
+    return models
+
+
+def transvfc_curve(task: str, models: Sequence[Tuple], val_set: str, meta: Dict, times,
+                   step_suffix: str = "", curve_task: str = "") -> RateTaskCurve:
+    """TransVFC's curve of ``task`` on ``val_set``: each stage-2 model codes the set for real
+    (``curve_task``: the curve's task name, default ``task``)."""
+    _, _, key, metric = TASKS[task]
+    results, names, lambdas = {}, [], []
+    for cfg, weights in models:
+        lam = cfg.MODEL.VCM.TRANSVFC.LAMBDA_R
+        cache = os.path.join(cfg.OUTPUT_DIR, "eval.json")
+        with times.step(f"eval_{task}_lambda{lam:g}{step_suffix}", demo.is_evaluated([val_set], cache)):
+            results[f"lambda{lam:g}"] = demo.evaluate(cfg, weights, [val_set], cache)[val_set]
+        names.append(f"lambda{lam:g}")
+        lambdas.append(lam)
+    return demo.curve_from(results, TRANSVFC, TRANSVFC_METHOD, lambdas, names, meta=meta,
+                           task=curve_task or task, result_key=key, metric=metric)
 
 
 def bd_table(curves: Sequence[RateTaskCurve], codecs: Sequence[str]) -> List[str]:
@@ -221,42 +309,30 @@ def main(argv=None):
     logger.info("[1/5] compressing %s with %s", demo.VAL_SET, args.codecs)
     pairs = compress_val(out, args.codecs, qualities_of, args.gop, args.workers, times)
 
-    logger.info("[2/5] clean detector and segmentation network")
+    logger.info("[2/5] clean detector and task networks")
     clean_cfg = demo.model_cfg(demo.CLEAN_CONFIG, os.path.join(out, "clean"),
                                ["SOLVER.MAX_ITER", args.train_iters] + extra)
     with times.step("train_detector", demo.is_trained(clean_cfg)):
         detector = demo.train(clean_cfg)
-    semseg_weights = ""
-    if "semseg" in args.tasks:
-        seg_cfg = demo.model_cfg(SEMSEG_NETWORK_CONFIG, os.path.join(out, "semseg_network"),
-                                 ["MODEL.WEIGHTS", detector] + extra)
-        scale_schedule(seg_cfg, args.semseg_iters)
-        with times.step("train_semseg_network", demo.is_trained(seg_cfg)):
-            semseg_weights = demo.train(seg_cfg)
+    task_weights = train_task_networks(out, args.tasks, detector,
+                                       {"semseg": args.semseg_iters, "vis": args.vis_iters},
+                                       extra, times)
 
     logger.info("[3/5] stage 1 at lambda_R %s", lambdas)
-    stage1, weights = [], detector
-    for i, lam in enumerate(lambdas):
-        cfg = stage1_cfg(out, lam, args.stage1_iters if i == 0 else args.finetune_iters, weights,
-                         extra)
-        with times.step(f"stage1_lambda{lam:g}", demo.is_trained(cfg)):
-            weights = demo.train(cfg)
-        stage1.append(cfg)
+    stage1 = train_stage1(out, lambdas, args.stage1_iters, args.finetune_iters, detector, extra,
+                          times)
 
     logger.info("[4/5] stage 2 (FST) for %s", args.tasks)
-    models = {}
-    for task in args.tasks:
-        for cfg1 in stage1:
-            cfg = stage2_cfg(out, task, cfg1, args.stage2_iters, semseg_weights, extra)
-            with times.step(f"stage2_{task}_lambda{cfg1.MODEL.VCM.TRANSVFC.LAMBDA_R:g}",
-                            demo.is_trained(cfg)):
-                models[task, cfg1.MODEL.VCM.TRANSVFC.LAMBDA_R] = (cfg, demo.train(cfg))
+    models = {task: train_stage2(out, task, stage1, args.stage2_iters, task_weights, extra, times)
+              for task in args.tasks}
 
     logger.info("[5/5] evaluation")
     curves, clean = [], {}
+    meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
+            "stage2_iters": args.stage2_iters}
     for task in args.tasks:
         _, val_set, key, metric = TASKS[task]
-        cfg = pixel_cfg(out, task, semseg_weights, extra)
+        cfg = pixel_cfg(out, task, task_weights, extra)
         sets = [val_set] + [n for c in args.codecs for n in pairs[task, c]]
         cache = os.path.join(cfg.OUTPUT_DIR, "eval.json")
         with times.step(f"eval_pixels_{task}", demo.is_evaluated(sets, cache)):
@@ -264,18 +340,7 @@ def main(argv=None):
         curves += [demo.curve_from(res, c, PIXEL_METHOD, qualities_of(c), pairs[task, c],
                                    task=task, result_key=key, metric=metric) for c in args.codecs]
         clean[task] = f"{metric} {res[val_set][key][metric]:.1f}"
-        results, names = {}, []
-        for lam in lambdas:
-            cfg2, w = models[task, lam]
-            cache = os.path.join(cfg2.OUTPUT_DIR, "eval.json")
-            with times.step(f"eval_{task}_lambda{lam:g}", demo.is_evaluated([val_set], cache)):
-                r = demo.evaluate(cfg2, w, [val_set], cache)[val_set]
-            results[f"lambda{lam:g}"] = r
-            names.append(f"lambda{lam:g}")
-        meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
-                "stage2_iters": args.stage2_iters}
-        curves.append(demo.curve_from(results, TRANSVFC, TRANSVFC_METHOD, lambdas, names, meta=meta,
-                                      task=task, result_key=key, metric=metric))
+        curves.append(transvfc_curve(task, models[task], val_set, meta, times))
 
     for curve in curves:
         save_curve(curve, os.path.join(out, "curves", f"{curve.task}_{curve.codec}.json"))

@@ -34,12 +34,20 @@ def test_stage_configs_chain_and_keep_the_stream_identity(bench, tmp_path):
     s1 = bench.stage1_cfg(str(tmp_path), 4, 300, "prev.pth", [])
     assert (s1.SOLVER.MAX_ITER, list(s1.MODEL.VCM.TRANSVFC.STAGE_ENDS)) == (300, [50, 100, 200, 250, 300])
     assert s1.MODEL.WEIGHTS == "prev.pth" and s1.MODEL.VCM.TRANSVFC.LAMBDA_R == 4
-    s2 = bench.stage2_cfg(str(tmp_path), "semseg", s1, 100, "seg.pth", [])
+    networks = {"semseg": "seg.pth", "vis": "vis.pth"}
+    s2 = bench.stage2_cfg(str(tmp_path), "semseg", s1, 100, networks, [])
     T = s2.MODEL.VCM.TRANSVFC
     assert (T.MODEL_ID, T.QUALITY_INDEX, T.TRAIN_STAGE) == (s1.MODEL.VCM.TRANSVFC.MODEL_ID, 4, "fst")
     assert T.TASK.SEM_SEG.WEIGHTS == "seg.pth"
     assert s2.MODEL.WEIGHTS == os.path.join(s1.OUTPUT_DIR, "model_final.pth")
     # the stage-2 config's lr drop at 3/4 of its run, scaled to 100 iterations
     assert (s2.SOLVER.MAX_ITER, tuple(s2.SOLVER.STEPS)) == (100, (75,))
-    pixels = bench.pixel_cfg(str(tmp_path), "detection", "", [])
+    pixels = bench.pixel_cfg(str(tmp_path), "detection", networks, [])
     assert pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"
+    # VIS: TransVFC inside the video model, the VIS network as its instance-segmentation tail
+    vis = bench.stage2_cfg(str(tmp_path), "vis", s1, 100, networks, [])
+    assert vis.MODEL.META_ARCHITECTURE == "VideoInstanceSegmentor"
+    assert vis.MODEL.VCM.TRANSVFC.TASK.INSTANCE_SEG.WEIGHTS == "vis.pth"
+    vis_pixels = bench.pixel_cfg(str(tmp_path), "vis", networks, [])
+    assert vis_pixels.MODEL.VCM.VIS.DETECTOR == "TransVFC"
+    assert vis_pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"

@@ -391,3 +391,20 @@ def test_train_net_trains_and_evaluates_vis_with_rate(tmp_path):
         "MODEL.VCM.VIS.MAX_TRACKS_PER_VIDEO", "10"]))
     assert res["rate"]["frames"] == 96 and res["rate"]["bpp"] > 0 and res["rate"]["side_bpp"] == 0
     assert "AP" in res["segm"]
+
+
+def test_video_test_loader_splits_whole_videos_across_ranks_and_workers(monkeypatch):
+    """Each rank gets whole videos (never part of one), together every video exactly once; loader
+    worker processes map the same videos."""
+    from detectron2.utils import comm
+
+    cfg = _cfg(VIS_SLIM, "DATALOADER.NUM_WORKERS", "2")
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+        videos = [v for batch in build_video_test_loader(cfg, "vcm_synth_vis_val") for v in batch]
+        assert all([f["frame_idx"] for f in v["frames"]] == list(range(12)) for v in videos)
+        seen.append([v["video_id"] for v in videos])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == [v["video_id"] for v in load_synthetic_videos(VAL_SPEC)]

@@ -19,41 +19,19 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import vcm_d2  # noqa: F401  (registers codecs and built-in datasets)
-from vcm_d2.codecs import available_codecs
+from vcm_d2.codecs import available_codecs, parse_codec_options, parse_quality
 from vcm_d2.data.datasets.builtin import DEGRADED_DIRNAME
 from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
 from vcm_d2.data.pairs import PAIR_NAME_SEPARATOR as PAIR_SEPARATOR
 from vcm_d2.engine.compress import CompressionError, assemble_manifests, compress_dataset, parse_shard
 
 SYNTHETIC_PREFIX = "vcm_synth_"  # names registered by vcm_d2.data.synthetic.register_synthetic
-
-
-def _quality(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"quality must be a number, got {text!r}")
-    return int(value) if value.is_integer() else value
-
-
-def _codec_options(pairs: Sequence[str]) -> Dict[str, Any]:
-    """``key=value`` strings -> dict; values parsed as JSON when possible (12, 0.5, true)."""
-    options: Dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--codec-opt expects key=value, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -63,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", nargs="+", help="registered dataset name(s); default: the "
                         "config's DATASETS.TEST")
     parser.add_argument("--codec", required=True, help="codec name, one of: " + ", ".join(available_codecs()))
-    parser.add_argument("--quality", nargs="+", type=_quality, required=True,
+    parser.add_argument("--quality", nargs="+", type=parse_quality, required=True,
                         help="quality values (codec-specific: CRF/QP, JPEG quality, ...)")
     parser.add_argument("--output", required=True, help="output root folder")
     parser.add_argument("--codec-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -144,7 +122,7 @@ def main(argv=None) -> int:
     log = logging.getLogger("vcm_d2.compress_dataset")
     try:
         shard = parse_shard(args.shard)
-        options = _codec_options(args.codec_opt)
+        options = parse_codec_options(args.codec_opt)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

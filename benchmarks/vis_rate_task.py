@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Video instance segmentation rate-task benchmark on the synthetic VIS split (slim, CPU).
+
+YouTube-VIS AP (sequence IoU over whole videos) against bpp, every bit counted, of
+
+    direct    the clean VIS model (slim Mask R-CNN + detectron2 tracker) on decoded frames
+    full_ft   the VIS model fine-tuned on clips of compressed training videos
+    ours      CDRE (CNN variant, lambda 4.0) inside the VIS model, trained jointly (side
+              streams in bpp)
+    ours_fd   CDRE only, the VIS model frozen
+    transvfc  TransVFC: one codec per lambda_R (stage 1) + the instance-segmentation FST
+              (stage 2); the bits of its streams (headers, I-frames, CRCs)
+
+with the pixel codecs x264 / x265 (CRF, zerolatency, keyint --gop) and VVC (vvenc QP, low
+delay). full_ft / ours / ours_fd train on x264 + x265 pooled at --train-qualities.
+
+    1. compress vcm_synth_vis_train (--train-codecs) and vcm_synth_vis_val (--codecs)
+    2. the clean slim detector and the VIS network (the detector + a mask head, on clips)
+    3. direct test on every compressed validation set
+    4. full_ft, ours, ours_fd from the VIS network (--iters each)
+    5. TransVFC stage 1 per lambda_R, stage 2 (instance segmentation) per lambda_R
+    6. --conditions: low light / Gaussian noise (TransVFC Sec. 4.4.6) applied to the validation
+       videos before any codec; direct and TransVFC again on them (no retraining)
+    7. reports: OUTPUT/cdre/report.md (each method vs the direct test, per codec) and
+       OUTPUT/transvfc/report.md (TransVFC vs each pixel codec, one plot per condition)
+
+Resumable like the other benchmarks (steps whose models or evaluations exist are skipped). The
+clean detector, stage-1 models and compressed sets use the folder names of
+benchmarks/transvfc_rate_task.py, so one output folder can serve both.
+
+    python benchmarks/vis_rate_task.py --output output/vis_rate_task --threads 2
+"""
+import argparse
+import logging
+import os
+import re
+from typing import Dict, Sequence
+
+import torch
+
+import transvfc_rate_task as tvfc  # benchmarks/ is on sys.path when run as a script
+from _common import demo
+from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
+from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
+
+TRAIN_SET, VAL_SET = "vcm_synth_vis_train", "vcm_synth_vis_val"
+TASK, RESULT_KEY, METRIC = "vis", "segm", "AP"
+# Trained methods (Table I rows for VIS), each from the clean VIS model.
+METHOD_CONFIGS = {
+    "full_ft": "vis_mask_rcnn_R18_slim_finetune.yaml",
+    "ours": "vis_cdre_mask_rcnn_R18_slim_ours.yaml",
+    "ours_fd": "vis_cdre_mask_rcnn_R18_slim_ours_fd.yaml",
+}
+DEFAULT_ITERS = 300
+# Task name of the curves under a degradation (a separate plot and BD table each).
+CONDITION_TASK = "vis ({})"
+
+logger = logging.getLogger("vcm_d2.vis_rate_task")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=demo._HelpFormatter)
+    p.add_argument("--output", default="output/vis_rate_task", help="output folder (resumable)")
+    p.add_argument("--codecs", nargs="+", default=["x264", "x265", "vvc"],
+                   help="pixel codecs of the validation videos")
+    p.add_argument("--qualities", nargs="+", type=float, default=list(tvfc.DEFAULT_QUALITIES),
+                   help="CRF of x264 / x265 on the validation videos")
+    p.add_argument("--vvc-qualities", nargs="+", type=float,
+                   default=list(tvfc.DEFAULT_VVC_QUALITIES), help="vvenc QPs")
+    p.add_argument("--train-codecs", nargs="+", default=["x264", "x265"],
+                   help="codecs of the training pairs (pooled) of full_ft / ours / ours_fd")
+    p.add_argument("--train-qualities", nargs="+", type=float,
+                   default=list(demo.DEFAULT_QUALITIES), help="CRF of the training pairs")
+    p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
+    p.add_argument("--methods", nargs="*", default=list(METHOD_CONFIGS),
+                   choices=list(METHOD_CONFIGS), help="trained methods (none: direct only)")
+    p.add_argument("--iters", type=int, default=DEFAULT_ITERS,
+                   help="iterations of every trained method")
+    p.add_argument("--train-iters", type=int, default=demo.DEFAULT_TRAIN_ITERS,
+                   help="iterations of the clean detector")
+    p.add_argument("--vis-iters", type=int, default=600,
+                   help="iterations of the VIS network from the clean detector")
+    p.add_argument("--lambdas", nargs="*", type=float, default=list(tvfc.DEFAULT_LAMBDAS),
+                   help="lambda_R of the TransVFC models (none: no TransVFC rows)")
+    p.add_argument("--stage1-iters", type=int, default=1000,
+                   help="iterations of the first lambda's stage 1")
+    p.add_argument("--finetune-iters", type=int, default=300,
+                   help="stage-1 iterations of every further lambda")
+    p.add_argument("--stage2-iters", type=int, default=300, help="stage-2 (FST) iterations")
+    p.add_argument("--conditions", nargs="*", default=list(DEGRADATIONS),
+                   choices=list(DEGRADATIONS), help="degradations of the validation videos")
+    p.add_argument("--seed", type=int, default=0, help="seed of every training; < 0: random")
+    p.add_argument("--workers", type=int, default=2, help="compression processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="extra config overrides for every model, KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def vis_curve(results: Dict, codec: str, method: str, qualities: Sequence[float],
+              names: Sequence[str], task: str = TASK, meta: Dict = None) -> RateTaskCurve:
+    return demo.curve_from(results, codec, method, qualities, names, meta=meta, task=task,
+                           result_key=RESULT_KEY, metric=METRIC)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = demo.start_run(args.output, args.threads)
+    times = demo.StepTimes(os.path.join(out, demo.TIMINGS_FILE))
+    extra = ["SEED", args.seed] + list(args.opts)
+    root = os.path.join(out, "compressed")
+
+    def qualities_of(codec):
+        return args.vvc_qualities if codec == "vvc" else args.qualities
+
+    def compress(dataset, codecs, qualities_of_codec, step):
+        done = all(demo.is_compressed((dataset,), [c], qualities_of_codec(c), root) for c in codecs)
+        with times.step(step, done):
+            pairs = {}
+            for codec in codecs:
+                pairs.update(demo.compress_pairs((dataset,), [codec], qualities_of_codec(codec),
+                                                 root, {"gop": args.gop}, args.workers))
+        return pairs
+
+    logger.info("[1/7] compressing %s and %s", TRAIN_SET, VAL_SET)
+    train_pairs = compress(TRAIN_SET, args.train_codecs, lambda c: args.train_qualities,
+                           "compress_train") if args.methods else {}
+    val_pairs = compress(VAL_SET, args.codecs, qualities_of, "compress_val")
+
+    logger.info("[2/7] clean detector and VIS network")
+    clean_cfg = demo.model_cfg(demo.CLEAN_CONFIG, os.path.join(out, "clean"),
+                               ["SOLVER.MAX_ITER", args.train_iters] + extra)
+    with times.step("train_detector", demo.is_trained(clean_cfg)):
+        detector = demo.train(clean_cfg)
+    networks = tvfc.train_task_networks(out, [TASK], detector, {TASK: args.vis_iters}, extra, times)
+    vis_config, vis_folder = tvfc.TASK_NETWORK_CONFIG[TASK]
+    vis_cfg = demo.model_cfg(vis_config, os.path.join(out, vis_folder), extra)
+
+    logger.info("[3/7] direct test")
+    direct_sets = [VAL_SET] + [n for c in args.codecs for n in val_pairs[VAL_SET, c]]
+    cache = os.path.join(out, vis_folder, "eval.json")
+    with times.step("eval_direct", demo.is_evaluated(direct_sets, cache)):
+        direct = demo.evaluate(vis_cfg, networks[TASK], direct_sets, cache)
+    clean_ap = direct[VAL_SET][RESULT_KEY][METRIC]
+    direct_curves = [vis_curve(direct, c, demo.ANCHOR_METHOD, qualities_of(c), val_pairs[VAL_SET, c])
+                     for c in args.codecs]
+
+    logger.info("[4/7] %s, %d iterations each", args.methods, args.iters)
+    train_sets = [n for c in args.train_codecs for n in train_pairs.get((TRAIN_SET, c), [])]
+    method_curves = []
+    for method in args.methods:
+        cfg = demo.model_cfg(METHOD_CONFIGS[method], os.path.join(out, method), [
+            "SOLVER.MAX_ITER", args.iters,
+            "SOLVER.STEPS", (max(1, int(args.iters * demo.LR_DROP_FRACTION)),),
+            "MODEL.WEIGHTS", networks[TASK], "DATASETS.TRAIN", tuple(train_sets)] + extra)
+        with times.step(f"train_{method}", demo.is_trained(cfg)):
+            weights = demo.train(cfg)
+        sets = [n for c in args.train_codecs for n in val_pairs[VAL_SET, c]]
+        cache = os.path.join(out, method, "eval.json")
+        with times.step(f"eval_{method}", demo.is_evaluated(sets, cache)):
+            res = demo.evaluate(cfg, weights, sets, cache)
+        meta = {"iters": args.iters, "trained_on": list(args.train_codecs)}
+        method_curves += [vis_curve(res, c, method, qualities_of(c), val_pairs[VAL_SET, c], meta=meta)
+                          for c in args.train_codecs]
+
+    transvfc_curves, models = [], []
+    if args.lambdas:
+        logger.info("[5/7] TransVFC at lambda_R %s", args.lambdas)
+        stage1 = tvfc.train_stage1(out, args.lambdas, args.stage1_iters, args.finetune_iters,
+                                   detector, extra, times)
+        models = tvfc.train_stage2(out, TASK, stage1, args.stage2_iters, networks, extra, times)
+        meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
+                "stage2_iters": args.stage2_iters}
+        transvfc_curves.append(tvfc.transvfc_curve(TASK, models, VAL_SET, meta, times))
+
+    condition_curves, condition_clean = [], {}
+    for cond in args.conditions:
+        logger.info("[6/7] condition %s", cond)
+        task = CONDITION_TASK.format(cond)
+        degraded = degrade_dataset(VAL_SET, cond, os.path.join(out, "degraded"),
+                                   seed=max(args.seed, 0), progress=False)
+        pairs = compress(degraded, args.codecs, qualities_of, f"compress_{cond}")
+        sets = [degraded] + [n for c in args.codecs for n in pairs[degraded, c]]
+        cache = os.path.join(out, vis_folder, "eval.json")
+        with times.step(f"eval_direct_{cond}", demo.is_evaluated(sets, cache)):
+            res = demo.evaluate(vis_cfg, networks[TASK], sets, cache)
+        condition_clean[cond] = res[degraded][RESULT_KEY][METRIC]
+        condition_curves += [vis_curve(res, c, demo.ANCHOR_METHOD, qualities_of(c),
+                                       pairs[degraded, c], task=task) for c in args.codecs]
+        if models:
+            condition_curves.append(tvfc.transvfc_curve(
+                TASK, models, degraded, {"condition": cond}, times, step_suffix=f"_{cond}",
+                curve_task=task))
+
+    logger.info("[7/7] reports")
+    for curve in direct_curves + method_curves + transvfc_curves + condition_curves:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{curve.task}_{curve.codec}_{curve.method}")
+        save_curve(curve, os.path.join(out, "curves", name + ".json"))
+    common = [f"Slim models on 128x128 videos of 12 frames, {torch.get_num_threads()} torch "
+              f"thread(s), seed {args.seed}. VIS network: the clean detector ({args.train_iters} "
+              f"it) + a mask head, {args.vis_iters} iterations on 2-frame clips; YouTube-VIS AP "
+              f"on uncompressed validation videos **{clean_ap:.1f}**."
+              + "".join(f" Under {c}: {v:.1f}." for c, v in condition_clean.items()), ""]
+    common += demo.strongest_point_lines(direct_curves, clean_ap)
+    timing = (times.line() + " (each step timed in the run that did it; total = their sum)")
+    reports = []
+    cdre_curves = [c for c in direct_curves if c.codec in args.train_codecs] + method_curves
+    if method_curves:
+        lines = common + ["", f"full_ft / ours / ours_fd: {args.iters} iterations each from the "
+                          f"VIS network on pooled {' + '.join(args.train_codecs)} training clips at "
+                          f"CRF {', '.join(f'{q:g}' for q in args.train_qualities)}; ours / ours_fd "
+                          "with CDRE's lambda 4.0 (VIS).", "",
+                          f"{METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, "
+                          "included in bpp):", "", demo.points_table(cdre_curves), "", timing]
+        reports.append(demo.write_report(
+            cdre_curves, anchor_per_codec=demo.ANCHOR_METHOD, output_dir=os.path.join(out, "cdre"),
+            title="Video instance segmentation: CDRE and fine-tuning vs the direct test "
+                  "(synthetic VIS)", preamble="\n".join(lines)))
+    if transvfc_curves or condition_curves:
+        curves = direct_curves + transvfc_curves + condition_curves
+        lines = common + ["", f"TransVFC: stage 1 as benchmarks/transvfc_rate_task.py (lambda_R "
+                          f"{', '.join(f'{lam:g}' for lam in args.lambdas)}), stage 2 "
+                          f"{args.stage2_iters} iterations of the instance-segmentation FST per "
+                          "lambda_R. Conditions: the validation videos degraded before any codec "
+                          "(low light: Y x 0.3; noise: sigma 25), models unchanged.", "",
+                          "BD values of TransVFC against each pixel codec (pchip):", ""]
+        lines += tvfc.bd_table(curves, args.codecs)
+        lines += ["", "Points (quality = CRF, QP or lambda_R):", ""] + tvfc.points_lines(curves)
+        lines += ["", timing]
+        anchor_codec = "x265" if "x265" in args.codecs else args.codecs[0]
+        anchor = {c.task: f"{anchor_codec}/{demo.ANCHOR_METHOD}" for c in curves}
+        reports.append(write_report(
+            curves, anchor=anchor, output_dir=os.path.join(out, "transvfc"), plot_by="task",
+            title="Video instance segmentation: TransVFC vs pixel codecs (synthetic VIS)",
+            preamble="\n".join(lines)))
+    for path in reports:
+        logger.info("report written to %s", path)
+    return reports
+
+
+if __name__ == "__main__":
+    main()
