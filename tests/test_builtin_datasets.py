@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from catalog_helpers import catalog_aside
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
@@ -11,7 +12,11 @@ from pycocotools import mask as mask_util
 
 from vcm_d2.data.datasets import builtin
 from vcm_d2.data.datasets.vspw import VSPW_CLASSES, convert_vspw_masks, vspw_label_lut
-from vcm_d2.data.datasets.ytvis import YTVIS_2019_CATEGORIES, YTVIS_FRAME_ID_STRIDE, load_ytvis_json
+from vcm_d2.data.datasets.ytvis import (
+    YTVIS_2019_CATEGORIES,
+    YTVIS_FRAME_ID_STRIDE,
+    load_ytvis_json,
+)
 from vcm_d2.data.pairs import load_pair_dicts
 from vcm_d2.engine.compress import compress_dataset
 
@@ -23,21 +28,8 @@ BUILTIN_NAMES = ["ytvis_2019_train", "ytvis_2019_val", "ytvis_2019_train_frames"
 @pytest.fixture
 def clean_catalog():
     """Set the built-in names aside (they may hold real data) and drop whatever a test adds."""
-    saved = {}
-    for name in BUILTIN_NAMES:
-        if name in DatasetCatalog.list():
-            saved[name] = (DatasetCatalog[name], MetadataCatalog.get(name).as_dict())
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    for name, (func, meta) in saved.items():
-        DatasetCatalog.register(name, func)
-        meta.pop("name", None)
-        MetadataCatalog.get(name).set(**meta)
+    with catalog_aside(BUILTIN_NAMES):
+        yield
 
 
 def _jpeg(path, seed):

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from catalog_helpers import catalog_aside
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -24,7 +25,11 @@ from vcm_d2.data.degradation import (
     register_degraded_dataset,
     register_degraded_datasets_from_dir,
 )
-from vcm_d2.data.pairs import load_manifest, pair_dataset_name, register_pair_datasets_from_dir
+from vcm_d2.data.pairs import (
+    load_manifest,
+    pair_dataset_name,
+    register_pair_datasets_from_dir,
+)
 from vcm_d2.engine import register_pair_roots
 from vcm_d2.engine.compress import compress_dataset
 
@@ -59,21 +64,8 @@ def _mtimes(folder):
 @pytest.fixture
 def catalog():
     """Set aside degraded datasets registered at import; drop whatever a test registers."""
-    saved = {}
-    for name in DatasetCatalog.list():
-        if DEGRADED_NAME_SEPARATOR in name:
-            saved[name] = (DatasetCatalog[name], MetadataCatalog.get(name).as_dict())
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    for name, (func, meta) in saved.items():
-        DatasetCatalog.register(name, func)
-        meta.pop("name", None)
-        MetadataCatalog.get(name).set(**meta)
+    with catalog_aside([n for n in DatasetCatalog.list() if DEGRADED_NAME_SEPARATOR in n]):
+        yield
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from catalog_helpers import catalog_aside
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -58,26 +59,6 @@ COCO_TASKS = ("bbox", "segm", "keypoints")
 # ---------------------------------------------------------------------------------------------
 # Fixtures: export once per module, register under the real-data names, restore the catalog
 # ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _catalog_aside(names):
-    """Set registered ``names`` aside (they may hold real data) and drop whatever is added."""
-    saved = {}
-    for name in names:
-        if name in DatasetCatalog.list():
-            saved[name] = (DatasetCatalog[name], MetadataCatalog.get(name).as_dict())
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    before = set(DatasetCatalog.list())
-    try:
-        yield
-    finally:
-        for name in set(DatasetCatalog.list()) - before:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        for name, (func, meta) in saved.items():
-            DatasetCatalog.register(name, func)
-            meta.pop("name", None)
-            MetadataCatalog.get(name).set(**meta)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +70,7 @@ def export_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ytvis(export_root):
-    with _catalog_aside(BUILTIN_YTVIS):
+    with catalog_aside(BUILTIN_YTVIS):
         # The synthetic classes are not YouTube-VIS 2019's: the json's classes, as for any
         # dataset of one's own in this layout.
         registered = builtin.register_all_ytvis_2019(export_root, metadata={})
@@ -99,7 +80,7 @@ def ytvis(export_root):
 
 @pytest.fixture(scope="module")
 def vspw(export_root):
-    with _catalog_aside(BUILTIN_VSPW):
+    with catalog_aside(BUILTIN_VSPW):
         assert VSPW_NAME in builtin.register_all_vspw(export_root)
         yield
 
@@ -107,7 +88,7 @@ def vspw(export_root):
 @pytest.fixture(scope="module")
 def coco(export_root):
     """The exported COCO json, registered as a user would (with the keypoint metadata copied)."""
-    with _catalog_aside([COCO_NAME]):
+    with catalog_aside([COCO_NAME]):
         register_coco_instances(COCO_NAME, {}, *coco_2017_paths(export_root, SPLIT))
         synth = MetadataCatalog.get(SYNTH_IMAGES)
         MetadataCatalog.get(COCO_NAME).set(keypoint_names=synth.keypoint_names,
@@ -226,7 +207,7 @@ def test_vspw_maps_like_synthetic(vspw):
 def test_ytvis_official_registration_refuses_other_classes(export_root):
     """The default registration means the official 40 classes: a json with others is refused
     with a message that names the way to load it."""
-    with _catalog_aside(BUILTIN_YTVIS):
+    with catalog_aside(BUILTIN_YTVIS):
         builtin.register_all_ytvis_2019(export_root)
         with pytest.raises(ValueError, match=r"metadata=\{\}"):
             DatasetCatalog.get(YTVIS_VIDEOS)

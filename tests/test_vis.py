@@ -151,7 +151,7 @@ def test_vis_model_trains_on_clips_and_segments_whole_videos():
     model.eval()
     assert is_video_dataset("vcm_synth_vis_val") and not is_video_dataset("vcm_synth_val")
     video = next(iter(build_video_test_loader(cfg, "vcm_synth_vis_val")))
-    assert len(video[0]["frames"]) == video[0]["length"] if "length" in video[0] else 12
+    assert len(video[0]["frames"]) == len(video[0]["file_names"]) == 12
     with torch.no_grad():
         out = model(video)[0]
     assert out["tracks"] and "bits" not in out

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -32,7 +31,13 @@ from detectron2.data.detection_utils import read_image
 from PIL import Image
 
 from ..utils.io import atomic_write, atomic_write_json
-from .pairs import MAX_NAMES_IN_ERROR, common_root, relative_original_path
+from .pairs import (
+    MAX_NAMES_IN_ERROR,
+    common_root,
+    png_frame_names,
+    registered_for,
+    relative_original_path,
+)
 
 __all__ = [
     "LOW_LIGHT_FACTOR",
@@ -217,13 +222,8 @@ def _plan(dicts: Sequence[dict], base_name: str) -> Dict[str, _Frame]:
             paths.setdefault(_key(path), path)
     root = common_root(paths.values())
     rels = {k: relative_original_path(p, root) for k, p in paths.items()}
-    stems = {k: os.path.splitext(r)[0] for k, r in rels.items()}
-    counts = Counter(stems.values())
-    return {
-        k: _Frame(paths[k], rels[k],
-                  f"{FRAMES_DIRNAME}/{stems[k] if counts[stems[k]] == 1 else rels[k]}.png")
-        for k in paths
-    }
+    names = png_frame_names(rels)
+    return {k: _Frame(paths[k], rels[k], f"{FRAMES_DIRNAME}/{names[k]}") for k in paths}
 
 
 # ----------------------------------------------------------------------------- settings files
@@ -317,7 +317,7 @@ def degrade_dataset(base_name: str, kind: str, root: str, seed: int = 0, progres
         raise KeyError(f"base dataset {base_name!r} is not registered")
     name = degraded_dataset_name(base_name, kind)
     folder = degraded_dir(root, base_name, kind)
-    _check_not_registered_elsewhere(name, folder)
+    registered_for(name, "degraded_dir", folder)
 
     header = _header(base_name, kind, seed)
     settings_path = os.path.join(folder, SETTINGS_FILENAME)
@@ -384,19 +384,6 @@ def load_degraded_dicts(base_name: str, kind: str, root: str) -> List[dict]:
     return out
 
 
-def _check_not_registered_elsewhere(name: str, folder: str) -> bool:
-    """True if ``name`` is registered for ``folder``; ValueError if for another folder."""
-    if name not in DatasetCatalog.list():
-        return False
-    existing = MetadataCatalog.get(name).get("degraded_dir", None)
-    if existing == folder:
-        return True
-    raise ValueError(
-        f"dataset {name!r} is already registered (folder {existing!r}); cannot register it "
-        f"again for {folder!r}"
-    )
-
-
 def register_degraded_dataset(base_name: str, kind: str, root: str) -> str:
     """Register ``<base_name>~<kind>`` reading the degraded frames under ``root``.
 
@@ -409,7 +396,7 @@ def register_degraded_dataset(base_name: str, kind: str, root: str) -> str:
     folder = degraded_dir(root, base_name, kind)
     if base_name not in DatasetCatalog.list():
         raise KeyError(f"base dataset {base_name!r} of {name!r} is not registered")
-    if _check_not_registered_elsewhere(name, folder):
+    if registered_for(name, "degraded_dir", folder):
         return name
     expected = _header(base_name, kind, None)  # any seed: the folder says which
     settings_path = os.path.join(folder, SETTINGS_FILENAME)

@@ -15,7 +15,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections import Counter
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -31,6 +32,8 @@ __all__ = [
     "quality_dirname",
     "common_root",
     "relative_original_path",
+    "png_frame_names",
+    "registered_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +107,27 @@ def common_root(paths: Iterable[str]) -> str:
 def relative_original_path(path: str, root: str) -> str:
     """``path`` relative to ``root``, with "/" separators (stable across machines)."""
     return os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
+
+
+def png_frame_names(relpaths: Mapping[Any, str]) -> Dict[Any, str]:
+    """PNG name of each frame of a derived copy (compressed, degraded) from its path relative
+    to the dataset's common folder: ``.png`` for the extension, or appended when two frames
+    differ only by their extension (``a.jpg``, ``a.png`` -> ``a.jpg.png``, ``a.png.png``)."""
+    stems = {k: os.path.splitext(r)[0] for k, r in relpaths.items()}
+    counts = Counter(stems.values())
+    return {k: (stems[k] if counts[stems[k]] == 1 else relpaths[k]) + ".png" for k in relpaths}
+
+
+def registered_for(name: str, key: str, value: Any) -> bool:
+    """Whether dataset ``name`` is registered with metadata ``key`` == ``value`` (registering it
+    again is then a no-op); ValueError if it is registered for something else."""
+    if name not in DatasetCatalog.list():
+        return False
+    existing = MetadataCatalog.get(name).get(key, None)
+    if existing == value:
+        return True
+    raise ValueError(f"dataset {name!r} is already registered ({key} {existing!r}); cannot "
+                     f"register it again for {value!r}")
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -289,15 +313,7 @@ def register_pair_dataset(name: str, manifest_path: str, base_dataset_name: str,
 def _already_registered(name: str, manifest_path: str, base_dataset_name: str) -> bool:
     if base_dataset_name not in DatasetCatalog.list():
         raise KeyError(f"base dataset {base_dataset_name!r} of pair dataset {name!r} is not registered")
-    if name not in DatasetCatalog.list():
-        return False
-    existing = MetadataCatalog.get(name).get("manifest", None)
-    if existing == manifest_path:
-        return True
-    raise ValueError(
-        f"dataset {name!r} is already registered (manifest {existing!r}); cannot register it "
-        f"again for {manifest_path!r}"
-    )
+    return registered_for(name, "manifest", manifest_path)
 
 
 def _register_loaded(name: str, manifest_path: str, manifest: dict, base_dataset_name: str,

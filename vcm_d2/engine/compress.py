@@ -36,6 +36,7 @@ from ..data.pairs import (
     MANIFEST_VERSION,
     common_root,
     format_quality,
+    png_frame_names,
     quality_dirname,
     relative_original_path,
 )
@@ -126,12 +127,8 @@ def _output_names(paths: Sequence[str], root: str) -> Dict[str, str]:
 
     Originals that differ only by extension (``a.jpg``, ``a.png``) keep it (``a.jpg.png``).
     """
-    rel = {p: relative_original_path(p, root) for p in paths}
-    stems = {p: os.path.splitext(r)[0] for p, r in rel.items()}
-    counts = Counter(stems.values())
-    return {
-        p: f"{FRAMES_DIRNAME}/{stems[p] if counts[stems[p]] == 1 else rel[p]}.png" for p in paths
-    }
+    names = png_frame_names({p: relative_original_path(p, root) for p in paths})
+    return {p: f"{FRAMES_DIRNAME}/{name}" for p, name in names.items()}
 
 
 def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
