@@ -497,7 +497,7 @@ def test_segmentation_weights_from_a_task_checkpoint(tmp_path):
     for k, v in trained.tasks["sem_seg"].state_dict().items():
         assert torch.equal(model.tasks["sem_seg"].state_dict()[k], v), k
     torch.save({"model": {"unrelated.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="does not hold the segmentation network"):
+    with pytest.raises(ValueError, match="does not hold the network of DeepLabV3Tail"):
         _model(stage2, "MODEL.VCM.TRANSVFC.TASK.SEM_SEG.WEIGHTS", str(tmp_path / "bad.pth"))
 
 
