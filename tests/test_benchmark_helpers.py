@@ -51,3 +51,32 @@ def test_stage_configs_chain_and_keep_the_stream_identity(bench, tmp_path):
     vis_pixels = bench.pixel_cfg(str(tmp_path), "vis", networks, [])
     assert vis_pixels.MODEL.VCM.VIS.DETECTOR == "TransVFC"
     assert vis_pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"
+
+
+def test_seed_spread_on_hand_made_curves(tmp_path):
+    """A method that needs 0.5x / 0.8x the anchor's rate for the same metric in two runs has
+    BD-rate -50 / -20 %: mean -35, sample sd 21.2; intervals of two methods are compared."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "seed_spread", os.path.join(REPO, "benchmarks", "seed_spread.py"))
+        spread = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(spread)
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    from vcm_d2.evaluation.results import RateTaskCurve, save_curve
+
+    rates, metrics = [0.1, 0.2, 0.4, 0.8], [10.0, 20.0, 28.0, 33.0]
+    runs = []
+    for run, (a, b) in enumerate(((0.5, 0.9), (0.8, 0.95))):
+        folder = tmp_path / f"seed{run}"
+        for method, factor in (("direct", 1.0), ("ours", a), ("full_ft", b)):
+            points = [{"quality": q, "bpp": r * factor, "metric": m}
+                      for q, (r, m) in enumerate(zip(rates, metrics))]
+            save_curve(RateTaskCurve(f"x264/{method}", "vis", "AP", "x264", method, points),
+                       folder / "curves" / f"{method}.json")
+        runs.append(str(folder))
+    lines = spread.main(runs)
+    row = next(line for line in lines if "| ours |" in line)
+    assert "-35.0 ± 21.2" in row and "-50.0, -20.0" in row
+    assert "- vis x264: BD-rate of full_ft and ours do not overlap (mean ± sd)" in lines
