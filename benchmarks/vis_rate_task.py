@@ -14,13 +14,14 @@ YouTube-VIS AP (sequence IoU over whole videos) against bpp, every bit counted, 
 with the pixel codecs x264 / x265 (CRF, zerolatency, keyint --gop) and VVC (vvenc QP, low
 delay). full_ft / ours / ours_fd train on x264 + x265 pooled at --train-qualities.
 
-    1. compress vcm_synth_vis_train (--train-codecs) and vcm_synth_vis_val (--codecs)
+    1. compress vcm_synth_vis_train (--train-codecs) and the test videos (--codecs)
     2. the clean slim detector and the VIS network (the detector + a mask head, on clips)
-    3. direct test on every compressed validation set
+    3. direct test on every compressed test set (the 32 videos of vcm_synth_vis_test)
     4. full_ft, ours, ours_fd from the VIS network (--iters each)
     5. TransVFC stage 1 per lambda_R, stage 2 (instance segmentation) per lambda_R
-    6. --conditions: low light / Gaussian noise (TransVFC Sec. 4.4.6) applied to the validation
-       videos before any codec; direct and TransVFC again on them (no retraining)
+    6. --conditions: low light / Gaussian noise (TransVFC Sec. 4.4.6) applied to the videos of
+       --condition-set before any codec; direct and TransVFC on them and on the same videos
+       undegraded (no retraining)
     7. reports: OUTPUT/cdre/report.md (each method vs the direct test, per codec) and
        OUTPUT/transvfc/report.md (TransVFC vs each pixel codec, one plot per condition)
 
@@ -43,7 +44,11 @@ from _common import demo
 from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
 from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
 
-TRAIN_SET, VAL_SET = "vcm_synth_vis_train", "vcm_synth_vis_val"
+TRAIN_SET = "vcm_synth_vis_train"
+# Curves on the 32-video test split (YouTube-VIS AP over 8 videos varies by about +-1.5 AP
+# between neighbouring quality points); the degradations on the 8 validation videos (their
+# evaluation costs several times more: the clean-trained network fires on noise).
+TEST_SET, CONDITION_SET = "vcm_synth_vis_test", "vcm_synth_vis_val"
 TASK, RESULT_KEY, METRIC = "vis", "segm", "AP"
 # Trained methods (Table I rows for VIS), each from the clean VIS model.
 METHOD_CONFIGS = {
@@ -52,8 +57,9 @@ METHOD_CONFIGS = {
     "ours_fd": "vis_cdre_mask_rcnn_R18_slim_ours_fd.yaml",
 }
 DEFAULT_ITERS = 300
-# Task name of the curves under a degradation (a separate plot and BD table each).
-CONDITION_TASK = "vis ({})"
+# Task name of the curves of --condition-set, clean or degraded (a plot and BD table each).
+CONDITION_TASK = "vis, val ({})"
+CLEAN = "clean"
 
 logger = logging.getLogger("vcm_d2.vis_rate_task")
 
@@ -87,8 +93,12 @@ def parse_args(argv=None):
     p.add_argument("--finetune-iters", type=int, default=300,
                    help="stage-1 iterations of every further lambda")
     p.add_argument("--stage2-iters", type=int, default=300, help="stage-2 (FST) iterations")
+    p.add_argument("--test-set", default=TEST_SET,
+                   help="videos of the direct / fine-tune / CDRE / TransVFC curves")
     p.add_argument("--conditions", nargs="*", default=list(DEGRADATIONS),
-                   choices=list(DEGRADATIONS), help="degradations of the validation videos")
+                   choices=list(DEGRADATIONS), help="degradations of --condition-set")
+    p.add_argument("--condition-set", default=CONDITION_SET,
+                   help="videos degraded for --conditions (reported next to their clean copy)")
     p.add_argument("--seed", type=int, default=0, help="seed of every training; < 0: random")
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -120,12 +130,12 @@ def main(argv=None):
             for codec in codecs:
                 pairs.update(demo.compress_pairs((dataset,), [codec], qualities_of_codec(codec),
                                                  root, {"gop": args.gop}, args.workers))
-        return pairs
+        return {codec: pairs[dataset, codec] for codec in codecs}
 
-    logger.info("[1/7] compressing %s and %s", TRAIN_SET, VAL_SET)
+    logger.info("[1/7] compressing %s and %s", TRAIN_SET, args.test_set)
     train_pairs = compress(TRAIN_SET, args.train_codecs, lambda c: args.train_qualities,
                            "compress_train") if args.methods else {}
-    val_pairs = compress(VAL_SET, args.codecs, qualities_of, "compress_val")
+    test_pairs = compress(args.test_set, args.codecs, qualities_of, "compress_test")
 
     logger.info("[2/7] clean detector and VIS network")
     clean_cfg = demo.model_cfg(demo.CLEAN_CONFIG, os.path.join(out, "clean"),
@@ -136,17 +146,21 @@ def main(argv=None):
     vis_config, vis_folder = tvfc.TASK_NETWORK_CONFIG[TASK]
     vis_cfg = demo.model_cfg(vis_config, os.path.join(out, vis_folder), extra)
 
-    logger.info("[3/7] direct test")
-    direct_sets = [VAL_SET] + [n for c in args.codecs for n in val_pairs[VAL_SET, c]]
-    cache = os.path.join(out, vis_folder, "eval.json")
-    with times.step("eval_direct", demo.is_evaluated(direct_sets, cache)):
-        direct = demo.evaluate(vis_cfg, networks[TASK], direct_sets, cache)
-    clean_ap = direct[VAL_SET][RESULT_KEY][METRIC]
-    direct_curves = [vis_curve(direct, c, demo.ANCHOR_METHOD, qualities_of(c), val_pairs[VAL_SET, c])
-                     for c in args.codecs]
+    def direct_test(dataset, pairs, task, step):
+        """Clean metric and direct-test curves of the VIS network on ``dataset``."""
+        sets = [dataset] + [n for c in args.codecs for n in pairs[c]]
+        cache = os.path.join(out, vis_folder, "eval.json")
+        with times.step(step, demo.is_evaluated(sets, cache)):
+            res = demo.evaluate(vis_cfg, networks[TASK], sets, cache)
+        return res[dataset][RESULT_KEY][METRIC], [
+            vis_curve(res, c, demo.ANCHOR_METHOD, qualities_of(c), pairs[c], task=task)
+            for c in args.codecs]
+
+    logger.info("[3/7] direct test on %s", args.test_set)
+    clean_ap, direct_curves = direct_test(args.test_set, test_pairs, TASK, "eval_direct")
 
     logger.info("[4/7] %s, %d iterations each", args.methods, args.iters)
-    train_sets = [n for c in args.train_codecs for n in train_pairs.get((TRAIN_SET, c), [])]
+    train_sets = [n for c in args.train_codecs for n in train_pairs.get(c, [])]
     method_curves = []
     for method in args.methods:
         cfg = demo.model_cfg(METHOD_CONFIGS[method], os.path.join(out, method), [
@@ -155,12 +169,12 @@ def main(argv=None):
             "MODEL.WEIGHTS", networks[TASK], "DATASETS.TRAIN", tuple(train_sets)] + extra)
         with times.step(f"train_{method}", demo.is_trained(cfg)):
             weights = demo.train(cfg)
-        sets = [n for c in args.train_codecs for n in val_pairs[VAL_SET, c]]
+        sets = [n for c in args.train_codecs for n in test_pairs[c]]
         cache = os.path.join(out, method, "eval.json")
         with times.step(f"eval_{method}", demo.is_evaluated(sets, cache)):
             res = demo.evaluate(cfg, weights, sets, cache)
         meta = {"iters": args.iters, "trained_on": list(args.train_codecs)}
-        method_curves += [vis_curve(res, c, method, qualities_of(c), val_pairs[VAL_SET, c], meta=meta)
+        method_curves += [vis_curve(res, c, method, qualities_of(c), test_pairs[c], meta=meta)
                           for c in args.train_codecs]
 
     transvfc_curves, models = [], []
@@ -171,26 +185,24 @@ def main(argv=None):
         models = tvfc.train_stage2(out, TASK, stage1, args.stage2_iters, networks, extra, times)
         meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
                 "stage2_iters": args.stage2_iters}
-        transvfc_curves.append(tvfc.transvfc_curve(TASK, models, VAL_SET, meta, times))
+        transvfc_curves.append(tvfc.transvfc_curve(TASK, models, args.test_set, meta, times,
+                                                   step_suffix="_test"))
 
+    # Conditions on --condition-set, next to the same set undegraded (the clean reference).
     condition_curves, condition_clean = [], {}
-    for cond in args.conditions:
-        logger.info("[6/7] condition %s", cond)
+    for cond in ([CLEAN] + list(args.conditions)) if args.conditions else []:
+        logger.info("[6/7] condition %s on %s", cond, args.condition_set)
         task = CONDITION_TASK.format(cond)
-        degraded = degrade_dataset(VAL_SET, cond, os.path.join(out, "degraded"),
-                                   seed=max(args.seed, 0), progress=False)
-        pairs = compress(degraded, args.codecs, qualities_of, f"compress_{cond}")
-        sets = [degraded] + [n for c in args.codecs for n in pairs[degraded, c]]
-        cache = os.path.join(out, vis_folder, "eval.json")
-        with times.step(f"eval_direct_{cond}", demo.is_evaluated(sets, cache)):
-            res = demo.evaluate(vis_cfg, networks[TASK], sets, cache)
-        condition_clean[cond] = res[degraded][RESULT_KEY][METRIC]
-        condition_curves += [vis_curve(res, c, demo.ANCHOR_METHOD, qualities_of(c),
-                                       pairs[degraded, c], task=task) for c in args.codecs]
+        dataset = args.condition_set if cond == CLEAN else degrade_dataset(
+            args.condition_set, cond, os.path.join(out, "degraded"), seed=max(args.seed, 0),
+            progress=False)
+        pairs = compress(dataset, args.codecs, qualities_of, f"compress_{cond}")
+        condition_clean[cond], curves = direct_test(dataset, pairs, task, f"eval_direct_{cond}")
+        condition_curves += curves
         if models:
             condition_curves.append(tvfc.transvfc_curve(
-                TASK, models, degraded, {"condition": cond}, times, step_suffix=f"_{cond}",
-                curve_task=task))
+                TASK, models, dataset, {"condition": cond}, times,
+                step_suffix="" if cond == CLEAN else f"_{cond}", curve_task=task))
 
     logger.info("[7/7] reports")
     for curve in direct_curves + method_curves + transvfc_curves + condition_curves:
@@ -199,8 +211,10 @@ def main(argv=None):
     common = [f"Slim models on 128x128 videos of 12 frames, {torch.get_num_threads()} torch "
               f"thread(s), seed {args.seed}. VIS network: the clean detector ({args.train_iters} "
               f"it) + a mask head, {args.vis_iters} iterations on 2-frame clips; YouTube-VIS AP "
-              f"on uncompressed validation videos **{clean_ap:.1f}**."
-              + "".join(f" Under {c}: {v:.1f}." for c, v in condition_clean.items()), ""]
+              f"on the uncompressed videos of {args.test_set} **{clean_ap:.1f}**"
+              + (f"; on those of {args.condition_set}: " + ", ".join(
+                  f"{c} {v:.1f}" for c, v in condition_clean.items()) if condition_clean else "")
+              + ".", ""]
     common += demo.strongest_point_lines(direct_curves, clean_ap)
     timing = (times.line() + " (each step timed in the run that did it; total = their sum)")
     reports = []
@@ -221,8 +235,9 @@ def main(argv=None):
         lines = common + ["", f"TransVFC: stage 1 as benchmarks/transvfc_rate_task.py (lambda_R "
                           f"{', '.join(f'{lam:g}' for lam in args.lambdas)}), stage 2 "
                           f"{args.stage2_iters} iterations of the instance-segmentation FST per "
-                          "lambda_R. Conditions: the validation videos degraded before any codec "
-                          "(low light: Y x 0.3; noise: sigma 25), models unchanged.", "",
+                          f"lambda_R. Conditions: the videos of {args.condition_set} degraded "
+                          "before any codec (low light: Y x 0.3; noise: sigma 25), models "
+                          "unchanged.", "",
                           "BD values of TransVFC against each pixel codec (pchip):", ""]
         lines += tvfc.bd_table(curves, args.codecs)
         lines += ["", "Points (quality = CRF, QP or lambda_R):", ""] + tvfc.points_lines(curves)

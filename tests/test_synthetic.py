@@ -29,7 +29,7 @@ from vcm_d2.data.synthetic import (
 TINY = SyntheticSpec(num_videos=2, frames_per_video=4, height=64, width=64, max_objects=6,
                      max_object_size=24, seed=3)
 SPLIT_NAMES = [f"vcm_synth{kind}_{split}" for kind in ("", "_vis", "_sem")
-               for split in ("train", "val")]
+               for split in ("train", "val", "test")]
 
 
 @pytest.fixture(scope="module")
