@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 import vcm_d2  # noqa: F401  (registers codecs and built-in datasets)
 from vcm_d2.codecs import available_codecs, parse_codec_options, parse_quality
-from vcm_d2.data.datasets.builtin import DEGRADED_DIRNAME
+from vcm_d2.data.datasets.builtin import DEGRADED_DIRNAME, datasets_root
 from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
 from vcm_d2.data.pairs import PAIR_NAME_SEPARATOR as PAIR_SEPARATOR
 from vcm_d2.engine.compress import CompressionError, assemble_manifests, compress_dataset, parse_shard
@@ -98,9 +98,8 @@ def _register(args) -> List[str]:
 
 
 def _default_degradation_root() -> str:
-    # Same datasets root as vcm_d2.data.datasets.builtin, which registers what is found there.
-    datasets_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    return os.path.join(datasets_root, DEGRADED_DIRNAME)
+    # The datasets root of vcm_d2.data.datasets.builtin, which registers what is found there.
+    return os.path.join(datasets_root(), DEGRADED_DIRNAME)
 
 
 def _degrade(datasets: List[str], args, log: logging.Logger) -> List[str]:

@@ -11,6 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import vcm_d2  # noqa: F401  (registers datasets, codecs, models)
 from vcm_d2.engine import VCMTrainer, get_vcm_cfg, register_pair_roots
@@ -23,6 +24,8 @@ def setup(args):
     cfg.freeze()
     register_pair_roots(cfg.VCM.PAIRS.ROOTS)
     default_setup(cfg, args)
+    # vcm_d2's own progress (pairs built on first use, rate evaluation) next to detectron2's
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vcm_d2")
     return cfg
 
 
@@ -39,7 +42,9 @@ def main(args):
         return res
     trainer = VCMTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # The evaluation that ended training (detectron2 returns it only with TEST.EXPECTED_RESULTS).
+    return getattr(trainer, "_last_eval_results", None)
 
 
 if __name__ == "__main__":

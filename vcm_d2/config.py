@@ -53,6 +53,12 @@ def add_vcm_config(cfg):
     _C.VCM.PAIRS.ROOTS = []
     # Read the original frame next to the compressed one (needed by CDRE's encoder side).
     _C.VCM.PAIRS.LOAD_ORIGINAL = False
+    # Build a pair dataset (or degraded copy) of the synthetic benchmark that a config names but
+    # nobody has compressed yet, on first use (vcm_d2.engine.datasets); real data never is.
+    _C.VCM.PAIRS.BUILD_SYNTHETIC = True
+    # Datasets root the built copies go to (<root>/vcm_compressed, <root>/vcm_degraded, where
+    # `import vcm_d2` finds them again); "" = $DETECTRON2_DATASETS (default ./datasets).
+    _C.VCM.PAIRS.BUILD_ROOT = ""
 
     # Rate accounting in evaluation.
     _C.VCM.EVAL = CN()

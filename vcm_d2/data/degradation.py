@@ -258,7 +258,8 @@ def _check_header(found: Any, expected: Dict[str, Any], path: str) -> None:
         )
 
 
-def _command(base_name: str, kind: str, root: str) -> str:
+def degrade_command(base_name: str, kind: str, root: str) -> str:
+    """The command that writes ``<base_name>~<kind>`` under ``root`` (for error messages)."""
     return ('python -c "import vcm_d2; from vcm_d2.data.degradation import degrade_dataset; '
             f'degrade_dataset({base_name!r}, {kind!r}, {root!r})" '
             f"(or tools/compress_dataset.py --dataset {base_name} --degradation {kind} "
@@ -367,7 +368,7 @@ def load_degraded_dicts(base_name: str, kind: str, root: str) -> List[dict]:
             f"{len(missing)} degraded frame(s) of {degraded_dataset_name(base_name, kind)!r} are "
             f"missing in {folder}: {', '.join(missing[:MAX_NAMES_IN_ERROR])}"
             + (f" and {more} more" if more > 0 else "")
-            + f". Create them with {_command(base_name, kind, root)}"
+            + f". Create them with {degrade_command(base_name, kind, root)}"
         )
 
     def degraded(path: str) -> str:

@@ -15,6 +15,7 @@ from ..data.clip_mapper import build_clip_train_loader, build_video_test_loader,
 from ..data.mapper import PairDatasetMapper
 from ..modeling.transvfc.solver import build_transvfc_lr_scheduler
 from ..evaluation import build_task_evaluator
+from .datasets import prepare_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class VCMTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        prepare_datasets(cfg, cfg.DATASETS.TRAIN)  # synthetic pairs built on first use
         if cfg.VCM.CLIP.LENGTH > 0:  # video models train on clips of consecutive frames
             return build_clip_train_loader(cfg)
         return build_detection_train_loader(cfg, mapper=_mapper(cfg, True))
@@ -128,6 +130,7 @@ class VCMTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        prepare_datasets(cfg, [dataset_name])
         if is_video_dataset(dataset_name):  # evaluated video by video (e.g. YouTube-VIS)
             return build_video_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name, mapper=_mapper(cfg, False))

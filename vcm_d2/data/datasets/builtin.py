@@ -30,6 +30,7 @@ __all__ = [
     "register_all",
     "COMPRESSED_DIRNAME",
     "DEGRADED_DIRNAME",
+    "datasets_root",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ _PREDEFINED_SPLITS_VSPW = {
 COMPRESSED_DIRNAME = "vcm_compressed"
 # Output folder of the degraded datasets (vcm_d2.data.degradation) inside the datasets root.
 DEGRADED_DIRNAME = "vcm_degraded"
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS`` (default ``./datasets``), read at call time."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _unregistered(name: str) -> bool:
@@ -154,5 +160,4 @@ def register_all(root: str) -> list:
     return names + register_all_compressed_pairs(root)
 
 
-_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-register_all(_root)
+register_all(datasets_root())
