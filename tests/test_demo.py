@@ -1,19 +1,17 @@
-"""Helpers of tools/demo.py (also used by benchmarks/cdre_table1.py); no training here."""
-import importlib.util
+"""Helpers of tools/demo.py (also used by the benchmarks), and the demo itself in miniature."""
 import json
 import os
 
 import pytest
+from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from catalog_helpers import catalog_aside
+from tool_helpers import load_tool
 
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("vcm_demo", os.path.join(REPO, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("demo")
 
 
 def _result(ap, bpp, side=0.0):
@@ -154,3 +152,32 @@ def test_train_records_what_it_trained(demo, tmp_path):
     assert record == {"max_iter": 1, "weights": "", "train_sets": list(cfg.DATASETS.TRAIN),
                       "seed": cfg.SEED}
     assert demo.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")  # reused
+
+
+def test_miniature_demo_writes_report_with_linked_figures(demo, tmp_path, one_torch_thread):
+    """The main job end to end: one codec, two qualities (not used by other tests, whose pair
+    datasets of the same name hold other manifests), every method including CDRE, a few
+    iterations; then a rerun resumes every step."""
+    qualities = ("39", "44")
+    names = [f"{s}@x264_q{q}" for s in ("vcm_synth_train", "vcm_synth_val") for q in qualities]
+    argv = ["--output", str(tmp_path), "--codecs", "x264", "--qualities", *qualities,
+            "--train-iters", "2", "--finetune-iters", "2", "--cdre-iters", "2", "--workers", "1",
+            "--opts", "SOLVER.IMS_PER_BATCH", "2"]
+    with catalog_aside(names):
+        demo.main(argv)
+        report = (tmp_path / "report.md").read_text()
+        for method in ("x264/direct", "x264/full_ft", "x264/ours", "x264/ours_fd"):
+            assert method in report
+        assert "![x264](predictions_x264.png)" in report
+        with Image.open(tmp_path / "predictions_x264.png") as im:
+            width, height = im.size
+        # 2 frames; ground truth + uncompressed + 2 points x 4 methods = 10 rows
+        assert width % 2 == 0 and height % 10 == 0 and height // 10 > width // 2
+        record = json.loads((tmp_path / "predictions_x264.json").read_text())
+        assert [r["label"] for r in record["rows"]][:3] == [
+            "uncompressed, direct", "x264 q39, direct", "x264 q39, full_ft"]
+        times = json.loads((tmp_path / "timings.json").read_text())
+        mtime = os.stat(tmp_path / "predictions_x264.png").st_mtime_ns
+        demo.main(argv)  # resumed: nothing retrained, re-evaluated or redrawn
+        assert json.loads((tmp_path / "timings.json").read_text()) == times
+        assert os.stat(tmp_path / "predictions_x264.png").st_mtime_ns == mtime

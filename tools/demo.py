@@ -11,7 +11,9 @@
    CDRE modules only), trained from the clean detector on the same pooled pairs with the
    same schedule as full_ft (by default also the same number of iterations); their bpp
    includes the CDRE side stream;
-6. write OUTPUT/report.md with BD-rates, per-point AP/bpp, timings + PNG rate-task curves.
+6. write OUTPUT/report.md with BD-rates, per-point AP/bpp, timings + PNG rate-task curves, and
+   one prediction figure per codec (OUTPUT/predictions_<codec>.png: ground truth, then every
+   method at a middle and the strongest quality point, each frame's bpp and AP).
 
 Every step is resumable: rerunning skips finished compression, training and evaluation
 (delete a model folder to retrain it). --finetune-iters 0 / --cdre-iters 0 skip those rows.
@@ -22,7 +24,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -33,6 +35,7 @@ import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.data.pairs import MANIFEST_FILENAME, pair_dataset_name, register_pair_dataset
 from vcm_d2.engine import VCMTrainer, get_vcm_cfg
 from vcm_d2.engine.compress import compress_dataset, output_dir_for
+from vcm_d2.engine.figures import FigureRow, is_figure_current, write_prediction_figure
 from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
 from vcm_d2.utils.io import atomic_write_json
 
@@ -59,6 +62,9 @@ DEFAULT_TRAIN_ITERS = 600
 LR_DROP_FRACTION = 0.75
 TASK, METRIC = "detection", "AP"
 TIMINGS_FILE = "timings.json"
+# Frames of the prediction figures: (video, frame) of the validation set (frame 6 is a P-frame
+# half-way through the GOP).
+FIGURE_PICKS = ((0, 6), (4, 6))
 # Written next to model_final.pth: what the model was trained with (see ``train``).
 RUN_RECORD_FILE = "vcm_run.json"
 
@@ -298,6 +304,41 @@ def points_table(curves: Sequence[RateTaskCurve]) -> str:
     return "\n".join(lines)
 
 
+def figure_points(anchor: RateTaskCurve) -> List[float]:
+    """Qualities of a middle and the strongest (lowest-rate) point of ``anchor``."""
+    by_rate = sorted(anchor.points, key=lambda p: -p["bpp"])
+    picked = [by_rate[(len(by_rate) - 1) // 2]["quality"], by_rate[-1]["quality"]]
+    return picked[1:] if picked[0] == picked[1] else picked  # one point: shown once
+
+
+def figure_rows(codec: str, models: Mapping[str, Tuple], anchor: RateTaskCurve,
+                names: Sequence[str], clean_set: str) -> List[FigureRow]:
+    """Rows of ``codec``'s figure: the anchor model on ``clean_set``, then every model of
+    ``models`` ({method: (cfg, weights)}) at ``figure_points(anchor)``; ``names`` are the pair
+    datasets in the order of ``anchor``'s points."""
+    by_quality = {p["quality"]: n for p, n in zip(anchor.points, names)}
+    rows = [FigureRow(f"uncompressed, {anchor.method}", *models[anchor.method], clean_set)]
+    for q in figure_points(anchor):
+        rows += [FigureRow(f"{codec} q{q:g}, {method}", cfg, weights, by_quality[q])
+                 for method, (cfg, weights) in models.items()]
+    return rows
+
+
+def write_figures(out: str, rows_by_codec: Mapping[str, Sequence[FigureRow]], reference: str,
+                  times: "StepTimes", picks: Sequence = FIGURE_PICKS, step: str = "figures",
+                  prefix: str = "predictions") -> List[str]:
+    """One prediction figure per codec in ``out`` (resumable); returns the report lines."""
+    paths = {c: os.path.join(out, f"{prefix}_{c}.png") for c in rows_by_codec}
+    done = all(is_figure_current(r, picks, paths[c], reference) for c, r in rows_by_codec.items())
+    with times.step(step, done):
+        for codec, rows in rows_by_codec.items():
+            write_prediction_figure(rows, picks, paths[codec], reference)
+    frames = ", ".join(f"video {v + 1} frame {t}" for v, t in picks)
+    lines = [f"Predictions on {reference} ({frames}): ground truth first, then per row the "
+             "frames the model saw, with each frame's bpp (side streams included) and AP.", ""]
+    return lines + [f"![{c}]({os.path.relpath(paths[c], out)})" for c in rows_by_codec]
+
+
 def timing_line(timings: Mapping[str, float]) -> str:
     return "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
 
@@ -340,6 +381,7 @@ def main(argv=None):
         direct = evaluate(clean_cfg, clean_weights, direct_sets, cache)
     curves = [curve_from(direct, c, ANCHOR_METHOD, args.qualities, pair_names[VAL_SET, c])
               for c in args.codecs]
+    models = {ANCHOR_METHOD: (clean_cfg, clean_weights)}
 
     runs = [("full_ft", args.finetune_iters), ("ours", args.cdre_iters), ("ours_fd", args.cdre_iters)]
     for step, (method, iters) in enumerate(runs, start=4):
@@ -351,6 +393,7 @@ def main(argv=None):
                          train_sets=train_all, extra=extra)
         with times.step(f"train_{method}", is_trained(cfg)):
             weights = train(cfg)
+        models[method] = (cfg, weights)
         cache = os.path.join(out, method, "eval.json")
         with times.step(f"eval_{method}", is_evaluated(val_all, cache)):
             res = evaluate(cfg, weights, val_all, cache)
@@ -359,6 +402,9 @@ def main(argv=None):
                    for c in args.codecs]
 
     logger.info("[6/6] report")
+    figure_lines = write_figures(out, {
+        c: figure_rows(c, models, curves[i], pair_names[VAL_SET, c], VAL_SET)
+        for i, c in enumerate(args.codecs)}, VAL_SET, times)
     curve_dir = os.path.join(out, "curves")
     for curve in curves:
         save_curve(curve, os.path.join(curve_dir, curve.name.replace("/", "_") + ".json"))
@@ -370,8 +416,8 @@ def main(argv=None):
              f"seed {args.seed}.", ""]
     lines += strongest_point_lines(curves, clean_ap)
     lines += ["", f"{METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, "
-                  "included in bpp):", "", points_table(curves), "",
-              times.line() + " (each step timed in the run that did it; total = their sum)"]
+                  "included in bpp):", "", points_table(curves), ""] + figure_lines + [
+              "", times.line() + " (each step timed in the run that did it; total = their sum)"]
     report = write_report(curves, anchor_per_codec=ANCHOR_METHOD, output_dir=out,
                           preamble="\n".join(lines))
     logger.info(f"report written to {report}")
