@@ -115,12 +115,15 @@ def main(argv=None):
                      for c in test_codecs}
     clean_ap = direct[demo.VAL_SET]["bbox"][demo.METRIC]
 
+    trained = {}  # label -> (cfg, weights), for the figures
+
     def run(method, train_codecs, test, label):
         d = run_dir(out, method, train_codecs, args.iters)
         train_sets = [n for c in train_codecs for n in pairs[demo.TRAIN_SET, c]]
         cfg = demo.method_cfg(method, d, iters=args.iters, weights=clean, train_sets=train_sets, extra=extra)
         with times.step(f"train_{label}", demo.is_trained(cfg)):
             weights = demo.train(cfg)
+        trained[label] = (cfg, weights)
         sets, cache = [n for c in test for n in val(c)], os.path.join(d, "eval.json")
         with times.step(f"eval_{label}", demo.is_evaluated(sets, cache)):
             res = demo.evaluate(cfg, weights, sets, cache)
@@ -147,16 +150,23 @@ def main(argv=None):
     timing = (times.line() + f" (each step timed in the run that did it, {torch.get_num_threads()} torch "
               "thread(s); total = their sum)")
     reports = [("table1", "CDRE Table I (synthetic benchmark)", table,
-                f"Training data: pooled {' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}."),
+                f"Training data: pooled {' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}.",
+                args.codecs),
                ("fig6", "CDRE Fig. 6: codec transfer (synthetic benchmark)", fig6,
-                f"Trained on {args.transfer_train_codec} only; tested on {', '.join(args.transfer_codecs)}.")]
-    for folder, title, curves, what in reports:
+                f"Trained on {args.transfer_train_codec} only; tested on {', '.join(args.transfer_codecs)}.",
+                args.transfer_codecs)]
+    for folder, title, curves, what, codecs in reports:
         if not curves:
             continue
+        d = os.path.join(out, folder)
+        models = {demo.ANCHOR_METHOD: (clean_cfg, clean)}
+        models.update((c.method, trained[c.method]) for c in curves if c.method in trained)
+        figure_lines = demo.write_figures(d, {
+            c: demo.figure_rows(c, models, direct_curves[c], val(c), demo.VAL_SET) for c in codecs},
+            demo.VAL_SET, times, step=f"figures_{folder}")
         lines = common + [what, ""] + demo.strongest_point_lines(curves, clean_ap) + [
             "", f"{demo.METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, included in bpp):",
-            "", demo.points_table(curves), "", timing]
-        d = os.path.join(out, folder)
+            "", demo.points_table(curves), ""] + figure_lines + ["", timing]
         for curve in curves:
             demo.save_curve(curve, os.path.join(d, "curves", curve.name.replace("/", "_") + ".json"))
         path = demo.write_report(curves, anchor_per_codec=demo.ANCHOR_METHOD, output_dir=d, title=title,

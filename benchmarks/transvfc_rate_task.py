@@ -32,6 +32,7 @@ import torch
 
 from vcm_d2.data.pairs import MANIFEST_FILENAME, pair_dataset_name, register_pair_dataset
 from vcm_d2.engine.compress import output_dir_for
+from vcm_d2.engine.figures import FigureRow
 from vcm_d2.evaluation.bdrate import bd_metric, bd_rate
 from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
 
@@ -260,6 +261,21 @@ def transvfc_curve(task: str, models: Sequence[Tuple], val_set: str, meta: Dict,
                            task=curve_task or task, result_key=key, metric=metric)
 
 
+def figure_rows_vs_pixels(models: Sequence[Tuple], curve: RateTaskCurve, pixel_models: Dict,
+                          anchors: Dict[str, RateTaskCurve], pairs: Dict[str, Sequence[str]],
+                          dataset: str) -> List[FigureRow]:
+    """Rows of a TransVFC figure: the task network on ``dataset`` uncompressed, each pixel
+    codec's direct test (``anchors``, their ``pairs``) and TransVFC (stage-2 ``models``) at a
+    middle and the strongest point of ``curve``."""
+    rows = []
+    for codec, anchor in anchors.items():
+        codec_rows = demo.figure_rows(codec, pixel_models, anchor, pairs[codec], dataset)
+        rows += codec_rows[1:] if rows else codec_rows  # one uncompressed row
+    by_lambda = {cfg.MODEL.VCM.TRANSVFC.LAMBDA_R: (cfg, w) for cfg, w in models}
+    return rows + [FigureRow(f"TransVFC lambda_R {lam:g}", *by_lambda[lam], dataset)
+                   for lam in demo.figure_points(curve)]
+
+
 def bd_table(curves: Sequence[RateTaskCurve], codecs: Sequence[str]) -> List[str]:
     """Markdown: BD-rate / BD-metric of TransVFC vs each pixel codec, per task."""
     lines = ["| task | anchor | BD-rate of TransVFC (%) | BD-metric | notes |", "|---|---|---|---|---|"]
@@ -327,7 +343,7 @@ def main(argv=None):
               for task in args.tasks}
 
     logger.info("[5/5] evaluation")
-    curves, clean = [], {}
+    curves, clean, figure_lines = [], {}, []
     meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
             "stage2_iters": args.stage2_iters}
     for task in args.tasks:
@@ -337,10 +353,17 @@ def main(argv=None):
         cache = os.path.join(cfg.OUTPUT_DIR, "eval.json")
         with times.step(f"eval_pixels_{task}", demo.is_evaluated(sets, cache)):
             res = demo.evaluate(cfg, detector, sets, cache)
-        curves += [demo.curve_from(res, c, PIXEL_METHOD, qualities_of(c), pairs[task, c],
-                                   task=task, result_key=key, metric=metric) for c in args.codecs]
+        pixel_curves = {c: demo.curve_from(res, c, PIXEL_METHOD, qualities_of(c), pairs[task, c],
+                                           task=task, result_key=key, metric=metric)
+                        for c in args.codecs}
         clean[task] = f"{metric} {res[val_set][key][metric]:.1f}"
+        curves += list(pixel_curves.values())
         curves.append(transvfc_curve(task, models[task], val_set, meta, times))
+        rows = figure_rows_vs_pixels(models[task], curves[-1], {PIXEL_METHOD: (cfg, detector)},
+                                     pixel_curves, {c: pairs[task, c] for c in args.codecs},
+                                     val_set)
+        figure_lines += [""] + demo.write_figures(out, {task: rows}, val_set, times,
+                                                  step=f"figures_{task}")
 
     for curve in curves:
         save_curve(curve, os.path.join(out, "curves", f"{curve.task}_{curve.codec}.json"))
@@ -359,7 +382,8 @@ def main(argv=None):
              "bits for the same task metric):", ""]
     lines += bd_table(curves, args.codecs)
     lines += ["", "Points (quality = CRF, QP or lambda_R):", ""] + points_lines(curves)
-    lines += ["", times.line() + " (each step timed in the run that did it; total = their sum)"]
+    lines += figure_lines + [
+        "", times.line() + " (each step timed in the run that did it; total = their sum)"]
     anchor = {task: f"{'x265' if 'x265' in args.codecs else args.codecs[0]}/{PIXEL_METHOD}"
               for task in args.tasks}
     report = write_report(curves, anchor=anchor, output_dir=out, plot_by="task",

@@ -162,6 +162,7 @@ def main(argv=None):
     logger.info("[4/7] %s, %d iterations each", args.methods, args.iters)
     train_sets = [n for c in args.train_codecs for n in train_pairs.get(c, [])]
     method_curves = []
+    models = {demo.ANCHOR_METHOD: (vis_cfg, networks[TASK])}  # of the figures
     for method in args.methods:
         cfg = demo.model_cfg(METHOD_CONFIGS[method], os.path.join(out, method), [
             "SOLVER.MAX_ITER", args.iters,
@@ -169,6 +170,7 @@ def main(argv=None):
             "MODEL.WEIGHTS", networks[TASK], "DATASETS.TRAIN", tuple(train_sets)] + extra)
         with times.step(f"train_{method}", demo.is_trained(cfg)):
             weights = demo.train(cfg)
+        models[method] = (cfg, weights)
         sets = [n for c in args.train_codecs for n in test_pairs[c]]
         cache = os.path.join(out, method, "eval.json")
         with times.step(f"eval_{method}", demo.is_evaluated(sets, cache)):
@@ -177,16 +179,17 @@ def main(argv=None):
         method_curves += [vis_curve(res, c, method, qualities_of(c), test_pairs[c], meta=meta)
                           for c in args.train_codecs]
 
-    transvfc_curves, models = [], []
+    transvfc_curves, transvfc_models = [], []
     if args.lambdas:
         logger.info("[5/7] TransVFC at lambda_R %s", args.lambdas)
         stage1 = tvfc.train_stage1(out, args.lambdas, args.stage1_iters, args.finetune_iters,
                                    detector, extra, times)
-        models = tvfc.train_stage2(out, TASK, stage1, args.stage2_iters, networks, extra, times)
+        transvfc_models = tvfc.train_stage2(out, TASK, stage1, args.stage2_iters, networks,
+                                            extra, times)
         meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
                 "stage2_iters": args.stage2_iters}
-        transvfc_curves.append(tvfc.transvfc_curve(TASK, models, args.test_set, meta, times,
-                                                   step_suffix="_test"))
+        transvfc_curves.append(tvfc.transvfc_curve(TASK, transvfc_models, args.test_set, meta,
+                                                   times, step_suffix="_test"))
 
     # Conditions on --condition-set, next to the same set undegraded (the clean reference).
     condition_curves, condition_clean = [], {}
@@ -199,9 +202,9 @@ def main(argv=None):
         pairs = compress(dataset, args.codecs, qualities_of, f"compress_{cond}")
         condition_clean[cond], curves = direct_test(dataset, pairs, task, f"eval_direct_{cond}")
         condition_curves += curves
-        if models:
+        if transvfc_models:
             condition_curves.append(tvfc.transvfc_curve(
-                TASK, models, dataset, {"condition": cond}, times,
+                TASK, transvfc_models, dataset, {"condition": cond}, times,
                 step_suffix="" if cond == CLEAN else f"_{cond}", curve_task=task))
 
     logger.info("[7/7] reports")
@@ -219,15 +222,21 @@ def main(argv=None):
     timing = (times.line() + " (each step timed in the run that did it; total = their sum)")
     reports = []
     cdre_curves = [c for c in direct_curves if c.codec in args.train_codecs] + method_curves
+    anchors = {c.codec: c for c in direct_curves}
     if method_curves:
+        cdre_dir = os.path.join(out, "cdre")
+        figure_lines = demo.write_figures(cdre_dir, {
+            c: demo.figure_rows(c, models, anchors[c], test_pairs[c], args.test_set)
+            for c in args.train_codecs}, args.test_set, times, step="figures_cdre")
         lines = common + ["", f"full_ft / ours / ours_fd: {args.iters} iterations each from the "
                           f"VIS network on pooled {' + '.join(args.train_codecs)} training clips at "
                           f"CRF {', '.join(f'{q:g}' for q in args.train_qualities)}; ours / ours_fd "
                           "with CDRE's lambda 4.0 (VIS).", "",
                           f"{METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, "
-                          "included in bpp):", "", demo.points_table(cdre_curves), "", timing]
+                          "included in bpp):", "", demo.points_table(cdre_curves), ""]
+        lines += figure_lines + ["", timing]
         reports.append(demo.write_report(
-            cdre_curves, anchor_per_codec=demo.ANCHOR_METHOD, output_dir=os.path.join(out, "cdre"),
+            cdre_curves, anchor_per_codec=demo.ANCHOR_METHOD, output_dir=cdre_dir,
             title="Video instance segmentation: CDRE and fine-tuning vs the direct test "
                   "(synthetic VIS)", preamble="\n".join(lines)))
     if transvfc_curves or condition_curves:
@@ -241,6 +250,13 @@ def main(argv=None):
                           "BD values of TransVFC against each pixel codec (pchip):", ""]
         lines += tvfc.bd_table(curves, args.codecs)
         lines += ["", "Points (quality = CRF, QP or lambda_R):", ""] + tvfc.points_lines(curves)
+        if transvfc_curves:
+            direct = {demo.ANCHOR_METHOD: models[demo.ANCHOR_METHOD]}
+            rows = tvfc.figure_rows_vs_pixels(transvfc_models, transvfc_curves[0], direct,
+                                              anchors, test_pairs, args.test_set)
+            lines += [""] + demo.write_figures(
+                os.path.join(out, "transvfc"), {tvfc.TRANSVFC: rows}, args.test_set, times,
+                step="figures_transvfc")
         lines += ["", timing]
         anchor_codec = "x265" if "x265" in args.codecs else args.codecs[0]
         anchor = {c.task: f"{anchor_codec}/{demo.ANCHOR_METHOD}" for c in curves}

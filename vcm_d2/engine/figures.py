@@ -4,7 +4,8 @@ A figure is a grid: one row per (method, rate point), one column per chosen fram
 the frame the model saw with its predictions drawn by detectron2's ``Visualizer``, captioned with
 the row's label, the frame's bpp (codec bits + CDRE side stream or TransVFC stream bits) and its
 AP (instances) or mIoU (semantic segmentation). The first row is the uncompressed frame with the
-ground truth. Video models run on the whole video; a frame's instances are taken from the tracks.
+ground truth. Video models run on the whole video (a frame's instances are taken from the tracks), frame
+models on the video's frames up to the one shown (so stream codecs code it inside its GOP).
 
 The PNG is written atomically with a JSON record beside it; a resumed report redraws only when a
 row (weights, data, labels) or the frames changed.
@@ -220,7 +221,10 @@ def run_row(row: FigureRow, picks: Sequence[Tuple[int, int]]) -> List[dict]:
     mapper = _mapper(cfg, False)
     for v, t in picks:
         record = videos[v][t]
-        result = model([mapper(copy.deepcopy(record))])[0]
+        # The video's frames up to t in order, so a model that codes a stream per video (TransVFC)
+        # codes frame t inside its GOP, as in evaluation; frame-by-frame models give the same.
+        for frame in videos[v][:t + 1]:
+            result = model([mapper(copy.deepcopy(frame))])[0]
         entry = {"record": record, "bits": _rate(record, result, None)}
         if "sem_seg" in result:
             entry["sem_seg"] = result["sem_seg"].argmax(dim=0).cpu().numpy()
