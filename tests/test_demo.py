@@ -181,3 +181,16 @@ def test_miniature_demo_writes_report_with_linked_figures(demo, tmp_path, one_to
         demo.main(argv)  # resumed: nothing retrained, re-evaluated or redrawn
         assert json.loads((tmp_path / "timings.json").read_text()) == times
         assert os.stat(tmp_path / "predictions_x264.png").st_mtime_ns == mtime
+
+
+def test_step_times_of_two_runs_sharing_a_folder_are_merged(demo, tmp_path):
+    path = str(tmp_path / "timings.json")
+    a, b = demo.StepTimes(path), demo.StepTimes(path)  # both loaded the empty file
+    with a.step("train", False):
+        pass
+    with b.step("stage1", False):
+        pass
+    with a.step("eval", False):
+        pass
+    assert set(json.loads(open(path).read())) == {"train", "stage1", "eval"}
+    assert "stage1" in a.line() and "eval" in b.line()

@@ -141,7 +141,8 @@ def is_compressed(splits: Sequence[str], codecs: Sequence[str], qualities: Seque
 class StepTimes:
     """Seconds per pipeline step, kept in a JSON file across resumed runs: a step that is
     skipped because it was already done keeps the time of the run that did it (and is not
-    listed if that run was not timed)."""
+    listed if that run was not timed). Each write merges with what the file holds then, so
+    runs sharing an output folder (e.g. the VIS and TransVFC benchmarks) keep each other's."""
 
     def __init__(self, path: str):
         self.path = path
@@ -152,10 +153,11 @@ class StepTimes:
         start = time.time()
         yield
         if not done_before:
-            self.times[name] = time.time() - start
+            self.times = {**_load_cache(self.path), **self.times, name: time.time() - start}
             atomic_write_json(self.path, self.times)
 
     def line(self) -> str:
+        self.times = {**_load_cache(self.path), **self.times}
         total = sum(self.times.values())
         return timing_line({**self.times, "total": total})
 

@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..data.clip_mapper import ClipDatasetMapper, is_video_dataset, to_video_dic
 from ..evaluation.rate_task import load_sem_seg
 from ..modeling.vis import RATE_KEYS
 from ..utils.io import atomic_write, atomic_write_json
-from .trainer import VCMTrainer, _mapper
+from .trainer import VCMTrainer, frame_mapper
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ CAPTION_LINE_PX = 14
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
 SCORE_THRESHOLD = 0.5  # predictions drawn (AP is computed from all of them)
-# Distinct colours: detectron2's Visualizer draws a video model's tracks with VideoVisualizer-like
-# per-class colours, the same in every panel.
+SEM_SEG_ALPHA = 0.5  # opacity of drawn label maps
+# One colour per class (thing_colors / stuff_colors), so a class looks the same in every panel.
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128)]
 
@@ -218,7 +218,7 @@ def run_row(row: FigureRow, picks: Sequence[Tuple[int, int]]) -> List[dict]:
             out.append({"record": frames[t], "instances": _instances_of_frame(result, t, h, w),
                         "bits": _rate(frames[t], result, t)})
         return out
-    mapper = _mapper(cfg, False)
+    mapper = frame_mapper(cfg, False)
     for v, t in picks:
         record = videos[v][t]
         # The video's frames up to t in order, so a model that codes a stream per video (TransVFC)
@@ -254,7 +254,7 @@ def _visualizer(image: np.ndarray, metadata: Metadata):
 def _draw(image: np.ndarray, metadata: Metadata, entry: dict) -> np.ndarray:
     vis = _visualizer(image, metadata)
     if "sem_seg" in entry:
-        return vis.draw_sem_seg(entry["sem_seg"], alpha=0.5).get_image()
+        return vis.draw_sem_seg(entry["sem_seg"], alpha=SEM_SEG_ALPHA).get_image()
     inst = entry["instances"]
     keep = (inst.scores >= SCORE_THRESHOLD).tolist()
     shown = Instances(inst.image_size)  # Instances[mask] cannot index list fields (track IDs)
@@ -267,7 +267,7 @@ def _draw(image: np.ndarray, metadata: Metadata, entry: dict) -> np.ndarray:
 def _draw_gt(image: np.ndarray, metadata: Metadata, record: dict) -> np.ndarray:
     vis = _visualizer(image, metadata)
     if metadata.get("thing_classes") is None:  # a semantic-segmentation dataset
-        return vis.draw_sem_seg(load_sem_seg(record["sem_seg_file_name"]), alpha=0.5).get_image()
+        return vis.draw_sem_seg(load_sem_seg(record["sem_seg_file_name"]), alpha=SEM_SEG_ALPHA).get_image()
     gt = {k: v for k, v in record.items() if k != "sem_seg_file_name"}
     return vis.draw_dataset_dict(gt).get_image()
 

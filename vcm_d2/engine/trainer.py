@@ -85,7 +85,8 @@ def build_vcm_optimizer(cfg, model):
     return opt_cls(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
 
 
-def _mapper(cfg, is_train):
+def frame_mapper(cfg, is_train):
+    """The mapper of one frame: with its original when VCM.PAIRS.LOAD_ORIGINAL (CDRE)."""
     if cfg.VCM.PAIRS.LOAD_ORIGINAL:
         return PairDatasetMapper(cfg, is_train)
     return DatasetMapper(cfg, is_train)
@@ -121,7 +122,7 @@ class VCMTrainer(DefaultTrainer):
         prepare_datasets(cfg, cfg.DATASETS.TRAIN)  # synthetic pairs built on first use
         if cfg.VCM.CLIP.LENGTH > 0:  # video models train on clips of consecutive frames
             return build_clip_train_loader(cfg)
-        return build_detection_train_loader(cfg, mapper=_mapper(cfg, True))
+        return build_detection_train_loader(cfg, mapper=frame_mapper(cfg, True))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -133,7 +134,7 @@ class VCMTrainer(DefaultTrainer):
         prepare_datasets(cfg, [dataset_name])
         if is_video_dataset(dataset_name):  # evaluated video by video (e.g. YouTube-VIS)
             return build_video_test_loader(cfg, dataset_name)
-        return build_detection_test_loader(cfg, dataset_name, mapper=_mapper(cfg, False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=frame_mapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -141,5 +142,6 @@ class VCMTrainer(DefaultTrainer):
 
 
 __all__ = [
-    "VCMTrainer", "build_vcm_optimizer", "freeze_parameters", "lr_factor_func", "train_only"
+    "VCMTrainer", "build_vcm_optimizer", "frame_mapper", "freeze_parameters", "lr_factor_func",
+    "train_only",
 ]
