@@ -53,6 +53,8 @@ def test_strongest_point_is_the_lowest_rate_of_the_anchor(demo):
     assert "q32" in lines[0] and "60.0% relative AP loss" in lines[0]
     with pytest.raises(ValueError):
         demo.relative_loss(0.0, 1.0)
+    # an untrained network (uncompressed AP 0) still gets its report
+    assert "no relative loss" in demo.strongest_point_lines(curves, clean_metric=0.0)[0]
 
 
 def test_points_table_has_a_cell_per_quality(demo):

@@ -281,9 +281,10 @@ def strongest_point_lines(curves: Sequence[RateTaskCurve], clean_metric: float,
         if c.method != method:
             continue
         p = min(c.points, key=lambda p: p["bpp"])
+        loss = (f"{relative_loss(clean_metric, p['metric']):.1f}% relative {c.metric} loss"
+                if clean_metric > 0 else f"no relative loss (uncompressed {c.metric} 0)")
         lines.append(f"- {c.codec} q{p['quality']:g} ({p['bpp']:.3f} bpp): {c.metric} "
-                     f"{p['metric']:.1f}, {relative_loss(clean_metric, p['metric']):.1f}% "
-                     f"relative {c.metric} loss ({method})")
+                     f"{p['metric']:.1f}, {loss} ({method})")
     return lines
 
 
