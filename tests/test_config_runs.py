@@ -142,5 +142,7 @@ def test_every_synthetic_config_trains_and_evaluates(config, build_root, tmp_pat
     for dataset, res in _per_dataset(results, tests).items():
         tasks = set(res) - {"rate"}
         assert tasks, f"{dataset}: no task metric in {sorted(res)}"
+        if cfg.MODEL.KEYPOINT_ON:  # keypoint R-CNN inference ran through evaluation
+            assert "keypoints" in tasks
         if "@" in dataset:  # every pair's bits reach the results
             assert res["rate"]["bpp"] > 0
