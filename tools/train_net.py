@@ -6,7 +6,12 @@
     python tools/train_net.py --config-file CFG --num-gpus 8            # one machine
     python tools/train_net.py --config-file CFG --num-gpus 8 --num-machines 2 \
         --machine-rank 0 --dist-url tcp://HOST:PORT                     # across machines
+
+The final evaluation (of --eval-only, or the one that ends training) is also written to
+OUTPUT_DIR/eval_results.json by the main process.
 """
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -15,6 +20,9 @@ from detectron2.utils.logger import setup_logger
 
 import vcm_d2  # noqa: F401  (registers datasets, codecs, models)
 from vcm_d2.engine import VCMTrainer, get_vcm_cfg, register_pair_roots
+from vcm_d2.utils.io import atomic_write_json
+
+RESULTS_FILE = "eval_results.json"
 
 
 def setup(args):
@@ -39,12 +47,19 @@ def main(args):
         res = VCMTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-        return res
+        return save_results(cfg, res)
     trainer = VCMTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     # The evaluation that ended training (detectron2 returns it only with TEST.EXPECTED_RESULTS).
-    return getattr(trainer, "_last_eval_results", None)
+    return save_results(cfg, getattr(trainer, "_last_eval_results", None))
+
+
+def save_results(cfg, res):
+    """``res`` as OUTPUT_DIR/eval_results.json (main process, when there are results)."""
+    if res and comm.is_main_process():
+        atomic_write_json(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE), res, default=float)
+    return res
 
 
 if __name__ == "__main__":

@@ -1,14 +1,25 @@
 """Trainer for vcm_d2 models: detectron2's DefaultTrainer plus freezing, per-module learning
 rates, AdamW, pair-dataset loading and rate-task evaluation."""
 import logging
+import weakref
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_writers
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_writers,
+)
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..data.clip_mapper import build_clip_train_loader, build_video_test_loader, is_video_dataset
@@ -92,7 +103,39 @@ def frame_mapper(cfg, is_train):
     return DatasetMapper(cfg, is_train)
 
 
+def ddp_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when there are several processes.
+
+    detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which DDP
+    refuses for a CPU model (gloo); a CPU model gets ``device_ids=None`` instead."""
+    on_gpu = any(p.is_cuda for p in model.parameters())
+    return create_ddp_model(
+        model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
+    )
+
+
 class VCMTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ with one change: the DDP wrapper of ddp_model, so that
+        # `train_net.py --num-gpus N` also runs on CPU processes.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = ddp_model(model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
@@ -142,6 +185,6 @@ class VCMTrainer(DefaultTrainer):
 
 
 __all__ = [
-    "VCMTrainer", "build_vcm_optimizer", "frame_mapper", "freeze_parameters", "lr_factor_func",
-    "train_only",
+    "VCMTrainer", "build_vcm_optimizer", "ddp_model", "frame_mapper", "freeze_parameters",
+    "lr_factor_func", "train_only",
 ]
