@@ -35,6 +35,8 @@ from .pairs import (
     MAX_NAMES_IN_ERROR,
     common_root,
     png_frame_names,
+    register_folder_entries,
+    register_pair_datasets_from_root,
     registered_for,
     relative_original_path,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "load_degraded_dicts",
     "register_degraded_dataset",
     "register_degraded_datasets_from_dir",
+    "register_derived_datasets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -422,20 +425,31 @@ def register_degraded_datasets_from_dir(root: str, strict: bool = True) -> List[
 
     Folders are visited in name order, so ``a~lowlight`` comes before ``a~lowlight~noise``.
     A folder whose ``DONE.json`` does not match its name or the registered parameters raises
-    ValueError, or with ``strict=False`` is skipped with a warning. Returns the names.
+    ValueError, or with ``strict=False`` is skipped with a warning (see
+    :func:`~vcm_d2.data.pairs.register_folder_entries`). Returns the names.
     """
-    names = []
-    for entry in sorted(os.listdir(root)):
+    def register(entry: str) -> List[str]:
         base, sep, kind = entry.rpartition(DEGRADED_NAME_SEPARATOR)
         done_path = os.path.join(root, entry, DONE_FILENAME)
         if not sep or not os.path.isfile(done_path) or base not in DatasetCatalog.list():
-            continue
-        try:
-            expected = _header(base, kind, None)  # ValueError for an unknown kind
-            _check_header(_read_json(done_path), expected, done_path)
-            names.append(register_degraded_dataset(base, kind, root))
-        except (OSError, ValueError) as e:
-            if strict:
-                raise
-            logger.warning("Skipping degraded dataset folder %s: %s", os.path.join(root, entry), e)
-    return names
+            return []
+        expected = _header(base, kind, None)  # ValueError for an unknown kind
+        _check_header(_read_json(done_path), expected, done_path)
+        return [register_degraded_dataset(base, kind, root)]
+
+    return register_folder_entries(root, register, strict)
+
+
+def register_derived_datasets(root: str, degraded_root: Optional[str] = None,
+                              strict: bool = True) -> List[str]:
+    """Register every derived dataset stored in a folder: the finished degraded copies in
+    ``degraded_root`` (default: ``root`` itself), then the pairs
+    ``<root>/<dataset>/<codec>/q<quality>/manifest.json`` of every registered dataset.
+
+    The degraded copies come first because a pair may be one of them compressed
+    (``<base>~<kind>@<codec>_q<quality>``). ``strict`` as for
+    :func:`register_degraded_datasets_from_dir`. Returns the names, degraded copies first.
+    """
+    degraded_root = root if degraded_root is None else degraded_root
+    names = register_degraded_datasets_from_dir(degraded_root, strict)
+    return names + register_pair_datasets_from_root(root, strict)

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -27,6 +27,8 @@ __all__ = [
     "load_pair_dicts",
     "register_pair_dataset",
     "register_pair_datasets_from_dir",
+    "register_pair_datasets_from_root",
+    "register_folder_entries",
     "pair_dataset_name",
     "format_quality",
     "quality_dirname",
@@ -355,4 +357,47 @@ def register_pair_datasets_from_dir(root: str, base_dataset_name: str) -> List[s
         if not _already_registered(name, path, base_dataset_name):
             _register_loaded(name, path, header, base_dataset_name, False, {})
         names.append(name)
+    return names
+
+
+def register_pair_datasets_from_root(root: str, strict: bool = True) -> List[str]:
+    """Register the pairs of every registered dataset with a folder in ``root``
+    (:func:`register_pair_datasets_from_dir` for each, in name order); a broken one raises, or
+    with ``strict=False`` is skipped with a warning (see :func:`register_folder_entries`).
+    Returns the names."""
+    registered = set(DatasetCatalog.list())
+
+    def register(base: str) -> List[str]:
+        if base in registered and os.path.isdir(os.path.join(root, base)):
+            return register_pair_datasets_from_dir(root, base)
+        return []
+
+    return register_folder_entries(root, register, strict)
+
+
+def register_folder_entries(root: str, register: Callable[[str], List[str]],
+                            strict: bool = True) -> List[str]:
+    """The names ``register(entry)`` registers for each entry of folder ``root``, in name order.
+
+    An entry whose registration fails (OSError, ValueError) raises, or with ``strict=False`` is
+    skipped with a warning, as is an unreadable ``root`` (a missing one holds nothing): a broken
+    folder under $DETECTRON2_DATASETS must not break ``import vcm_d2``.
+    """
+    if not strict and not os.path.isdir(root):
+        return []
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as e:
+        if strict:
+            raise
+        logger.warning("Skipping unreadable folder %s: %s", root, e)
+        return []
+    names = []
+    for entry in entries:
+        try:
+            names += register(entry)
+        except (OSError, ValueError) as e:
+            if strict:
+                raise
+            logger.warning("Skipping %s: %s", os.path.join(root, entry), e)
     return names

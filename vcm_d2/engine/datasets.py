@@ -25,8 +25,7 @@ from ..data.datasets.builtin import (
     COMPRESSED_DIRNAME,
     DEGRADED_DIRNAME,
     datasets_root,
-    register_all_compressed_pairs,
-    register_all_degraded,
+    register_all_derived,
 )
 from ..data.degradation import (
     DEGRADED_NAME_SEPARATOR,
@@ -166,8 +165,7 @@ def prepare_datasets(cfg, names: Iterable[str]) -> List[str]:
     names = [n for n in names if n not in DatasetCatalog.list()]
     if names:  # made since `import vcm_d2` scanned the datasets root (e.g. by the command of
         # a MissingDatasetError)
-        register_all_degraded(datasets_root())
-        register_all_compressed_pairs(datasets_root())
+        register_all_derived(datasets_root())
     plan = _plan(names, cfg)
     if not plan:
         return []

@@ -2,11 +2,9 @@
 import os
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
 
 from ..config import add_vcm_config
-from ..data.degradation import register_degraded_datasets_from_dir
-from ..data.pairs import register_pair_datasets_from_dir
+from ..data.degradation import register_derived_datasets
 
 
 def get_vcm_cfg():
@@ -22,16 +20,10 @@ def register_pair_roots(roots):
     (``<dataset>~<kind>/``, see vcm_d2.data.degradation) are registered first, so that their
     pairs (``<dataset>~<kind>@<codec>_q<quality>``) are found too. Returns the registered names."""
     names = []
-    registered = set(DatasetCatalog.list())
     for root in roots:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"VCM.PAIRS.ROOTS entry {root!r} is not a directory")
-        degraded = register_degraded_datasets_from_dir(root)
-        names += degraded
-        registered.update(degraded)
-        for base in sorted(os.listdir(root)):
-            if base in registered and os.path.isdir(os.path.join(root, base)):
-                names += register_pair_datasets_from_dir(root, base)
+        names += register_derived_datasets(root)
     return names
 
 

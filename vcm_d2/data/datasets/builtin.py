@@ -11,8 +11,8 @@ from typing import Optional
 
 from detectron2.data import DatasetCatalog
 
-from ..degradation import register_degraded_datasets_from_dir
-from ..pairs import register_pair_datasets_from_dir
+from ..degradation import register_degraded_datasets_from_dir, register_derived_datasets
+from ..pairs import register_pair_datasets_from_root
 from .vspw import register_vspw
 from .ytvis import (
     get_ytvis_2019_metadata,
@@ -27,6 +27,7 @@ __all__ = [
     "register_all_vspw",
     "register_all_degraded",
     "register_all_compressed_pairs",
+    "register_all_derived",
     "register_all",
     "COMPRESSED_DIRNAME",
     "DEGRADED_DIRNAME",
@@ -124,14 +125,7 @@ def register_all_degraded(root: str) -> list:
     Call after the base datasets and before the pairs (which may be pairs of degraded datasets);
     returns the degraded dataset names.
     """
-    degraded = os.path.join(root, DEGRADED_DIRNAME)
-    if not os.path.isdir(degraded):
-        return []
-    try:  # a broken folder is skipped with a warning: it must not break `import vcm_d2`
-        return register_degraded_datasets_from_dir(degraded, strict=False)
-    except OSError as e:
-        logger.warning("Skipping degraded datasets under %s: %s", degraded, e)
-        return []
+    return register_degraded_datasets_from_dir(os.path.join(root, DEGRADED_DIRNAME), strict=False)
 
 
 def register_all_compressed_pairs(root: str) -> list:
@@ -139,25 +133,21 @@ def register_all_compressed_pairs(root: str) -> list:
 
     Call after the base datasets are registered; returns the pair dataset names.
     """
-    compressed = os.path.join(root, COMPRESSED_DIRNAME)
-    if not os.path.isdir(compressed):
-        return []
-    registered = set(DatasetCatalog.list())
-    names = []
-    for base in sorted(os.listdir(compressed)):
-        if base in registered and os.path.isdir(os.path.join(compressed, base)):
-            try:
-                names += register_pair_datasets_from_dir(compressed, base)
-            except (OSError, ValueError) as e:  # a broken manifest must not break `import vcm_d2`
-                logger.warning("Skipping compressed datasets of %r under %s: %s", base, compressed, e)
-    return names
+    return register_pair_datasets_from_root(os.path.join(root, COMPRESSED_DIRNAME), strict=False)
+
+
+def register_all_derived(root: str) -> list:
+    """:func:`register_all_degraded`, then :func:`register_all_compressed_pairs`; returns the
+    names of both. A broken folder is skipped with a warning: it must not break ``import vcm_d2``.
+    """
+    return register_derived_datasets(os.path.join(root, COMPRESSED_DIRNAME),
+                                     os.path.join(root, DEGRADED_DIRNAME), strict=False)
 
 
 def register_all(root: str) -> list:
     """Register every dataset present under ``root``; returns the names registered."""
     names = register_all_ytvis_2019(root) + register_all_ytvis_2021(root) + register_all_vspw(root)
-    names += register_all_degraded(root)
-    return names + register_all_compressed_pairs(root)
+    return names + register_all_derived(root)
 
 
 register_all(datasets_root())
