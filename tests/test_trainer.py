@@ -1,11 +1,16 @@
-"""Freezing, per-module learning rates and the optimizer choice of VCMTrainer."""
+"""Freezing, per-module learning rates, the optimizer choice and the learning-rate schedule
+by name of VCMTrainer."""
 import os
 
 import pytest
 import torch
+from detectron2.solver import build_lr_scheduler
+from detectron2.solver.lr_scheduler import LRMultiplier
+from fvcore.common.param_scheduler import ConstantParamScheduler
 
 from vcm_d2.engine import VCMTrainer, build_vcm_optimizer, freeze_parameters, get_vcm_cfg
 from vcm_d2.engine.trainer import lr_factor_func, train_only
+from vcm_d2.solver import LR_SCHEDULER_REGISTRY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIM = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_R18_slim.yaml")
@@ -76,3 +81,37 @@ def test_bad_optimizer_name():
 def test_lr_factor_first_match_wins():
     f = lr_factor_func([["a.b", 0.5], ["a", 2.0]])
     assert f("a.b.weight") == 0.5 and f("a.c") == 2.0 and f("ab.c") == 1.0
+
+
+def _lrs(cfg, build=VCMTrainer.build_lr_scheduler, iters=6):
+    """Learning rate of each of the first ``iters`` iterations."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    scheduler = build(cfg, optimizer)
+    lrs = []
+    for _ in range(iters):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_lr_scheduler_by_name():
+    def _HalfLR(cfg, optimizer):
+        return LRMultiplier(optimizer, ConstantParamScheduler(0.5), cfg.SOLVER.MAX_ITER)
+
+    LR_SCHEDULER_REGISTRY.register(_HalfLR)
+    try:  # a registered name is built from the registry ...
+        cfg = _cfg("SOLVER.LR_SCHEDULER_NAME", "_HalfLR", "SOLVER.BASE_LR", 0.01)
+        assert _lrs(cfg) == [pytest.approx(0.005)] * 6
+    finally:
+        LR_SCHEDULER_REGISTRY._obj_map.pop("_HalfLR")
+    # ... detectron2's names by detectron2, as before ...
+    assert "TransVFCCodecStages" in LR_SCHEDULER_REGISTRY  # (registered by vcm_d2.modeling)
+    for name in ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR"):
+        cfg = _cfg("SOLVER.LR_SCHEDULER_NAME", name, "SOLVER.MAX_ITER", 8, "SOLVER.STEPS", (3,),
+                   "SOLVER.WARMUP_ITERS", 2)
+        assert _lrs(cfg) == _lrs(cfg, build_lr_scheduler), name
+        assert len(set(_lrs(cfg))) > 1, name
+    # ... and a name nobody knows fails as detectron2 fails.
+    with pytest.raises(ValueError, match="Unknown LR scheduler"):
+        _lrs(_cfg("SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLr"))

@@ -30,11 +30,12 @@ from vcm_d2.modeling.transvfc import (
     SplitBackbone,
     TaskTail,
     TransVFC,
-    build_transvfc_lr_scheduler,
+    TransVFCCodecStages,
     read_stream,
 )
-from vcm_d2.modeling.transvfc.cli import iter_video_frames, load_tensors
 from vcm_d2.modeling.vis import VideoInstanceSegmentor
+from vcm_d2.utils.tensor_io import load_tensors
+from vcm_d2.utils.video import iter_video_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -269,6 +270,17 @@ def test_encode_decode_bit_exact_and_threads():
         assert torch.equal(f.feature, expected)
 
 
+def test_stream_coder_codes_features():
+    model = _model(SLIM, "MODEL.VCM.TRANSVFC.GOP", "3")
+    frames = _video(4, 48, 72)
+    with torch.no_grad():
+        features = [model.image_to_feature(f) for f in frames]
+    coded = model.stream_coder.encode(features, image_size=(48, 72))
+    assert coded.stream == model.encode_video(frames).stream  # the meta-architecture = head + it
+    assert [f.frame_type for f in model.stream_coder.decode(read_stream(coded.stream))] == \
+        coded.frame_types == ["I", "P", "P", "I"]
+
+
 def test_foreign_corrupted_and_truncated_streams_are_refused():
     model = _model()
     stream = model.encode_video(_video(2, 48, 48)).stream
@@ -340,13 +352,15 @@ def test_stage_losses_and_batch_errors():
         fst(batch)
 
 
-def test_codec_lr_schedule_follows_table1():
+def test_codec_lr_schedule_follows_table1(caplog):
     cfg = _cfg(os.path.join(CONFIGS, "synthetic", "transvfc_stage1_slim_lambda32.yaml"),
                "SOLVER.WARMUP_ITERS", "0")
     ends = cfg.MODEL.VCM.TRANSVFC.STAGE_ENDS
     param = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=cfg.SOLVER.BASE_LR)
-    scheduler = build_transvfc_lr_scheduler(cfg, optimizer)
+    # the stage-1 config names the schedule, the trainer builds it by that name
+    scheduler = VCMTrainer.build_lr_scheduler(cfg, optimizer)
+    assert isinstance(scheduler, TransVFCCodecStages)
     lrs = []
     for _ in range(cfg.SOLVER.MAX_ITER):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -359,12 +373,16 @@ def test_codec_lr_schedule_follows_table1():
     fst_cfg = _cfg(os.path.join(CONFIGS, "synthetic", "transvfc_stage2_slim_detection.yaml"),
                    "SOLVER.WARMUP_ITERS", "0")
     optimizer = torch.optim.SGD([param], lr=fst_cfg.SOLVER.BASE_LR)
-    scheduler = build_transvfc_lr_scheduler(fst_cfg, optimizer)
+    scheduler = VCMTrainer.build_lr_scheduler(fst_cfg, optimizer)
     for _ in range(fst_cfg.SOLVER.STEPS[0]):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(
         fst_cfg.SOLVER.BASE_LR * fst_cfg.SOLVER.GAMMA)
+    # A stage-1 model with another schedule is built, with a warning.
+    with caplog.at_level(logging.WARNING):
+        VCMTrainer.build_model(_cfg(SLIM, "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"))
+    assert "the paper trains the codec with the Table 1 learning rates" in caplog.text
 
 
 # ------------------------------------------------------------------ clips from datasets

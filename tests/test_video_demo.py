@@ -1,5 +1,5 @@
 """tools/video_demo.py end to end on short synthetic videos (random weights: the plumbing, not
-the predictions) and the helpers of ``vcm_d2.utils.video``."""
+the predictions) and the helpers of ``vcm_d2.utils.video`` and ``vcm_d2.utils.drawing``."""
 import importlib.util
 import os
 
@@ -13,14 +13,8 @@ from PIL import Image
 from vcm_d2.codecs import build_codec
 from vcm_d2.data.synthetic import VAL_SPEC, render_video
 from vcm_d2.engine import VideoPredictor, get_vcm_cfg
-from vcm_d2.modeling.transvfc.cli import iter_video_frames
-from vcm_d2.utils.video import (
-    add_caption,
-    draw_instances,
-    side_by_side,
-    video_frame_rate,
-    write_mp4,
-)
+from vcm_d2.utils.drawing import add_caption, draw_instances, draw_sem_seg, side_by_side
+from vcm_d2.utils.video import iter_video_frames, video_frame_rate, write_mp4
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = os.path.join(REPO, "configs", "synthetic")
@@ -188,7 +182,7 @@ def test_missing_or_empty_input_is_refused(tool, tmp_path, capsys):
     assert not out.exists()
 
 
-# ---------------------------------------------------------------- vcm_d2.utils.video
+# ---------------------------------------------------------------- vcm_d2.utils.video / drawing
 def test_write_mp4_pads_odd_sizes_and_keeps_the_rate(tmp_path):
     path = str(tmp_path / "odd.mp4")
     odd = [np.full((17, 31, 3), v, np.uint8) for v in (0, 128, 255)]
@@ -249,3 +243,16 @@ def test_side_by_side_and_caption():
     captioned = add_caption(both, "frame 0 | 100 bits | 0.1 bpp")
     assert captioned.shape[0] > 20 and captioned.shape[1] == 60
     assert np.array_equal(captioned[:20], both) and captioned[20:].any()
+
+
+def test_draw_sem_seg_blends_one_colour_per_label():
+    frame = np.full((8, 8, 3), 100, np.uint8)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:, 4:] = 1
+    drawn = draw_sem_seg(frame, labels)
+    assert drawn.dtype == np.uint8 and drawn.shape == frame.shape
+    assert (drawn[:, :4] == drawn[0, 0]).all() and (drawn[:, 4:] == drawn[0, 4]).all()
+    assert not np.array_equal(drawn[0, 0], drawn[0, 4])
+    assert np.array_equal(draw_sem_seg(frame, labels, alpha=0.0), frame)
+    with pytest.raises(ValueError, match="differ in size"):
+        draw_sem_seg(frame, labels[:4])

@@ -30,20 +30,17 @@ from detectron2.data import MetadataCatalog
 from PIL import Image
 
 import vcm_d2  # noqa: F401  (registers the TransVFC meta-architecture and datasets)
-from vcm_d2.modeling.transvfc.cli import (
-    atomic_write_bytes,
-    draw_detections,
-    draw_sem_seg,
-    iter_video_frames,
-    load_coding_model,
-    save_tensors,
-    setup_cfg,
-)
+from vcm_d2.engine.tool_setup import load_model, setup_cfg
 from vcm_d2.modeling.transvfc.container import ContainerError, load_stream
-from vcm_d2.modeling.transvfc.meta_arch import PIXEL_RANGE
+from vcm_d2.modeling.transvfc.meta_arch import PIXEL_RANGE, TransVFC
+from vcm_d2.utils.drawing import draw_instances, draw_sem_seg
+from vcm_d2.utils.io import atomic_write_bytes
+from vcm_d2.utils.tensor_io import save_tensors
+from vcm_d2.utils.video import iter_video_frames
 
 FRAME_NAME = "f{:05d}.png"
 GRAY = 128  # canvas of --visualize when the task has no coarse image and no --frames
+SCORE_THRESHOLD = 0.5  # detections drawn (all are written to predictions.json)
 
 
 def parse_args(argv=None):
@@ -95,8 +92,8 @@ def _canvas(coarse, size, input_format):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = setup_cfg(args.config_file, args.opts)
-    model = load_coding_model(cfg)
+    cfg = setup_cfg(args.config_file, args.opts, TransVFC.__name__)
+    model = load_model(cfg)
     task = (args.task or next(iter(model.tasks), "")).lower()
     if task not in model.tasks:
         raise SystemExit(f"vfc_decode: task {args.task!r} is not in this config's TASKS "
@@ -139,8 +136,8 @@ def main(argv=None) -> dict:
             canvas = source if source is not None else _canvas(
                 transferred["coarse_image"], header.original_size, cfg.INPUT.FORMAT)
             if tail.output_key == "instances":
-                drawn = draw_detections(canvas, record["boxes"], record["scores"],
-                                        record["classes"], metadata.get("thing_classes", None))
+                drawn = draw_instances(canvas, inst, metadata.get("thing_classes", None),
+                                       SCORE_THRESHOLD)
             else:
                 drawn = draw_sem_seg(canvas, labels)
             atomic_write_bytes(os.path.join(out_dir, "vis", FRAME_NAME.format(frame.index)),

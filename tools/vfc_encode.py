@@ -19,14 +19,11 @@ import sys
 import torch
 
 import vcm_d2  # noqa: F401  (registers the TransVFC meta-architecture)
-from vcm_d2.modeling.transvfc.cli import (
-    iter_video_frames,
-    load_coding_model,
-    prepare_frame,
-    save_tensors,
-    setup_cfg,
-)
+from vcm_d2.engine.tool_setup import load_model, setup_cfg
+from vcm_d2.modeling.transvfc import TransVFC
 from vcm_d2.modeling.transvfc.container import save_stream
+from vcm_d2.utils.tensor_io import save_tensors
+from vcm_d2.utils.video import iter_video_frames, prepare_frame
 
 
 def _chain(first, rest):
@@ -54,8 +51,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = setup_cfg(args.config_file, args.opts)
-    model = load_coding_model(cfg)
+    cfg = setup_cfg(args.config_file, args.opts, TransVFC.__name__)
+    model = load_model(cfg)
     source = iter_video_frames(args.video, args.max_frames)
     first = next(source, None)
     if first is None:

@@ -44,18 +44,13 @@ from tqdm import tqdm
 import vcm_d2  # noqa: F401  (registers codecs, meta-architectures and datasets)
 from vcm_d2.codecs import CODEC_REGISTRY, available_codecs, build_codec, parse_codec_options, parse_quality
 from vcm_d2.data.pairs import PAIR_NAME_SEPARATOR
-from vcm_d2.engine import VideoPredictor, get_vcm_cfg
+from vcm_d2.engine import VideoPredictor
+from vcm_d2.engine.tool_setup import setup_cfg
 from vcm_d2.modeling.cdre.meta_arch import CDRERCNN
-from vcm_d2.modeling.transvfc.cli import iter_video_frames
 from vcm_d2.modeling.transvfc.meta_arch import TransVFC
 from vcm_d2.modeling.vis import RATE_KEYS, VideoInstanceSegmentor
-from vcm_d2.utils.video import (
-    add_caption,
-    draw_instances,
-    side_by_side,
-    video_frame_rate,
-    write_mp4,
-)
+from vcm_d2.utils.drawing import add_caption, draw_instances, side_by_side
+from vcm_d2.utils.video import iter_video_frames, video_frame_rate, write_mp4
 
 TOOL = "video_demo"
 METHODS = ("direct", "cdre", "transvfc")
@@ -125,14 +120,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not os.path.isfile(args.config_file):
         parser.error(f"no config file at {args.config_file}")
     return args
-
-
-def setup_cfg(args):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts))
-    cfg.freeze()
-    return cfg
 
 
 def frame_network(cfg) -> type:
@@ -242,7 +229,7 @@ def main(argv=None) -> Dict[str, Any]:
     setup_logger(name="vcm_d2")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = setup_cfg(args)
+    cfg = setup_cfg(args.config_file, args.opts)
     check_method(cfg, args.method, args.config_file)
     originals = read_frames(args.input, args.max_frames)
     input_fps = video_frame_rate(args.input)

@@ -1,5 +1,5 @@
 """Trainer for vcm_d2 models: detectron2's DefaultTrainer plus freezing, per-module learning
-rates, AdamW, pair-dataset loading and rate-task evaluation."""
+rates, AdamW, learning-rate schedules by name, pair-dataset loading and rate-task evaluation."""
 import logging
 import weakref
 
@@ -24,8 +24,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ..data.clip_mapper import build_clip_train_loader, build_video_test_loader, is_video_dataset
 from ..data.mapper import PairDatasetMapper
-from ..modeling.transvfc.solver import build_transvfc_lr_scheduler
 from ..evaluation import build_task_evaluator
+from ..solver import build_vcm_lr_scheduler
 from .datasets import prepare_datasets
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ class VCMTrainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        # detectron2's scheduler, except TransVFC stage 1 (the paper's Table 1 learning rates)
-        return build_transvfc_lr_scheduler(cfg, optimizer)
+        # By SOLVER.LR_SCHEDULER_NAME: a method's own schedule or detectron2's (vcm_d2.solver).
+        return build_vcm_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

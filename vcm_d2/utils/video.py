@@ -1,28 +1,28 @@
-"""Video files and prediction drawing for demos.
+"""Video files: frames in, frames out.
 
+* ``iter_video_frames``: the RGB frames of a video file (PyAV) or of a folder of images;
+* ``prepare_frame``: an RGB frame as a model input, resized like detectron2's DefaultPredictor;
 * ``video_frame_rate``: the frame rate of a video file (PyAV), None for a folder of frames;
-* ``write_mp4``: RGB frames -> H.264 mp4 (PyAV's libx264), written atomically;
-* ``draw_instances`` / ``side_by_side`` / ``add_caption``: detectron2 ``Instances`` drawn on
-  an RGB frame, two frames next to each other, a text line under a frame.
+* ``write_mp4``: RGB frames -> H.264 mp4 (PyAV's libx264), written atomically.
 
-Drawing uses PIL, not detectron2's ``Visualizer`` / ``VideoVisualizer``: those import OpenCV,
-which this project does not depend on. The look follows them: detectron2's colormap, masks
-blended at half opacity, boxes, "class score%" labels, and for tracked instances (the ``ID``
-field of detectron2's trackers) one colour per track, as ``VideoVisualizer`` keeps it.
+Drawing predictions on frames is ``drawing.py``'s.
 """
-import functools
 import os
 from fractions import Fraction
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
-from detectron2.structures import Instances
-from detectron2.utils.colormap import colormap
-from PIL import Image, ImageDraw, ImageFont
+import torch
+from detectron2.data import transforms as T
+from PIL import Image
 
 from .io import atomic_write
 
-__all__ = ["video_frame_rate", "write_mp4", "draw_instances", "side_by_side", "add_caption"]
+__all__ = ["IMAGE_EXTENSIONS", "iter_video_frames", "prepare_frame", "video_frame_rate",
+           "write_mp4"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_RGB_FORMATS = ("RGB", "BGR")  # INPUT.FORMATs a colour frame converts to
 
 MP4_ENCODER = "libx264"
 MP4_PIX_FMT = "yuv420p"  # what every player decodes; needs even width and height
@@ -30,16 +30,55 @@ YUV420_MULTIPLE = 2
 DEFAULT_CRF = 18  # x264's "visually lossless" point: the demo shows predictions, not artifacts
 FPS_MAX_DENOMINATOR = 1001  # keeps NTSC rates such as 30000/1001 exact
 
-MASK_ALPHA = 0.5  # mask opacity over the frame (detectron2's Visualizer default)
-# Font size from the frame size as detectron2's Visualizer does: sqrt(H * W) / 90, at least 10 px.
-FONT_SIZE_DIVISOR = 90
-MIN_FONT_SIZE = 10
-LINE_WIDTH_DIVISOR = 4  # box line width = font size / 4 (detectron2's Visualizer)
-TEXT_PADDING = 2  # pixels around a label or caption
-LIGHT_COLOR_LUMA = 128  # labels on colours brighter than this are written in black
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
-CAPTION_FOREGROUND, CAPTION_BACKGROUND = (255, 255, 255), (0, 0, 0)
-_COLORS = colormap(rgb=True, maximum=255).astype(np.uint8)
+
+def iter_video_frames(path: str, max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
+    """RGB frames (H x W x 3 uint8) of a video file (decoded with PyAV) or of a folder of
+    images (sorted by file name)."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            raise ValueError(f"{path} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+        frames = (np.asarray(Image.open(os.path.join(path, n)).convert("RGB")) for n in names)
+    elif os.path.isfile(path):
+        frames = _decode_video_file(path)
+    else:
+        raise FileNotFoundError(f"no video file or frame folder at {path}")
+    for i, frame in enumerate(frames):
+        if max_frames is not None and i >= max_frames:
+            return
+        yield frame
+
+
+def _decode_video_file(path: str) -> Iterator[np.ndarray]:
+    import av
+
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot read {path} as a video: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def prepare_frame(rgb: np.ndarray, input_format: str, min_size: int, max_size: int) -> torch.Tensor:
+    """An RGB frame as the model's input: resized like DefaultPredictor (shortest edge
+    ``min_size``, longest at most ``max_size``; 0 keeps the size), channels in ``input_format``,
+    C x H x W float tensor."""
+    if input_format not in _RGB_FORMATS:
+        raise ValueError(f"INPUT.FORMAT must be one of {_RGB_FORMATS} for video input, got "
+                         f"{input_format!r}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 frame, got {rgb.shape} {rgb.dtype}")
+    image = rgb[:, :, ::-1] if input_format == "BGR" else rgb
+    if min_size > 0:
+        image = T.ResizeShortestEdge([min_size, min_size], max_size).get_transform(image) \
+            .apply_image(image)
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
 
 
 def video_frame_rate(path: str) -> Optional[Fraction]:
@@ -111,107 +150,3 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float, crf: int = DE
 
     atomic_write(path, write)
     return written
-
-
-@functools.lru_cache(maxsize=None)
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _font_size(height: int, width: int) -> int:
-    return max(MIN_FONT_SIZE, int(np.sqrt(height * width) // FONT_SIZE_DIVISOR))
-
-
-def _text_color(background: Sequence[int]):
-    luma = float(np.dot(LUMA_WEIGHTS, background))
-    return (0, 0, 0) if luma > LIGHT_COLOR_LUMA else (255, 255, 255)
-
-
-def _label(class_id: int, score: Optional[float], track_id: Optional[int],
-           class_names: Optional[Sequence[str]]) -> str:
-    known = class_names and 0 <= class_id < len(class_names)
-    name = class_names[class_id] if known else str(class_id)
-    text = name if score is None else f"{name} {score * 100:.0f}%"  # detectron2's label format
-    return text if track_id is None else f"#{track_id} {text}"
-
-
-def draw_instances(rgb: np.ndarray, instances: Instances,
-                   class_names: Optional[Sequence[str]] = None,
-                   score_threshold: float = 0.0) -> np.ndarray:
-    """``instances`` (boxes, and if present masks, classes, scores, track ``ID``) drawn on an
-    RGB uint8 frame of their image size; instances scoring below ``score_threshold`` are left
-    out. Colour by track ID when the instances are tracked, else by class."""
-    h, w = rgb.shape[:2]
-    if tuple(instances.image_size) != (h, w):
-        raise ValueError(f"instances are for a {tuple(instances.image_size)} image, the frame "
-                         f"is {(h, w)}")
-    instances = instances.to("cpu")
-    n = len(instances)
-    scores = instances.scores.numpy() if instances.has("scores") else None
-    classes = instances.pred_classes.numpy() if instances.has("pred_classes") else np.zeros(n, int)
-    ids = list(instances.ID) if instances.has("ID") else [None] * n
-    boxes = instances.pred_boxes.tensor.numpy() if instances.has("pred_boxes") else None
-    masks = instances.pred_masks.numpy().astype(bool) if instances.has("pred_masks") else None
-    keep = [i for i in range(n) if scores is None or scores[i] >= score_threshold]
-    if boxes is not None:  # large ones first, so that small ones stay visible (as detectron2)
-        keep.sort(key=lambda i: -float((boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])))
-    colors = {i: _COLORS[(ids[i] if ids[i] is not None else int(classes[i])) % len(_COLORS)]
-              for i in keep}
-
-    canvas = rgb.astype(np.float32)
-    if masks is not None:
-        for i in keep:
-            canvas[masks[i]] = canvas[masks[i]] * (1 - MASK_ALPHA) + colors[i] * MASK_ALPHA
-    image = Image.fromarray(canvas.round().astype(np.uint8))
-    if boxes is None:
-        return np.asarray(image)
-    draw = ImageDraw.Draw(image)
-    font_size = _font_size(h, w)
-    font = _font(font_size)
-    for i in keep:
-        color = tuple(int(c) for c in colors[i])
-        x0, y0, x1, y1 = (float(v) for v in boxes[i])
-        draw.rectangle([x0, y0, x1, y1], outline=color,
-                       width=max(1, font_size // LINE_WIDTH_DIVISOR))
-        text = _label(int(classes[i]), None if scores is None else float(scores[i]), ids[i],
-                      class_names)
-        origin = _label_origin(draw.textbbox((0, 0), text, font=font), (x0, y0, x1, y1), w)
-        left, top, right, bottom = draw.textbbox(origin, text, font=font)
-        draw.rectangle([left - TEXT_PADDING, top - TEXT_PADDING, right + TEXT_PADDING,
-                        bottom + TEXT_PADDING], fill=color)
-        draw.text(origin, text, fill=_text_color(color), font=font)
-    return np.asarray(image)
-
-
-def _label_origin(text_box: Sequence[float], box: Sequence[float], width: int):
-    """Where a label goes: just above its box, or just below it at the top of the frame, so
-    that it does not hide the object; shifted left to stay inside the frame."""
-    _, top, right, bottom = text_box  # of the text drawn at (0, 0)
-    x0, y0, _, y1 = box
-    y = y0 - bottom - TEXT_PADDING
-    if y + top - TEXT_PADDING < 0:
-        y = y1 + TEXT_PADDING - top
-    return max(0.0, min(x0, width - right - TEXT_PADDING)), y
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """``left`` and ``right`` (RGB uint8) next to each other; ``right`` is resized to the size
-    of ``left`` if they differ."""
-    h, w = left.shape[:2]
-    if right.shape[:2] != (h, w):
-        right = np.asarray(Image.fromarray(right).resize((w, h), Image.BILINEAR))
-    return np.concatenate([left, right], axis=1)
-
-
-def add_caption(rgb: np.ndarray, text: str) -> np.ndarray:
-    """``rgb`` with a strip below it holding ``text`` (one line, font scaled with the frame)."""
-    h, w = rgb.shape[:2]
-    font = _font(_font_size(h, w))
-    bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)[3]
-    strip = Image.new("RGB", (w, bottom + 2 * TEXT_PADDING), CAPTION_BACKGROUND)
-    ImageDraw.Draw(strip).text((TEXT_PADDING, TEXT_PADDING), text, fill=CAPTION_FOREGROUND,
-                               font=font)
-    return np.concatenate([rgb, np.asarray(strip)], axis=0)

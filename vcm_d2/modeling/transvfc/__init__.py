@@ -1,7 +1,7 @@
 """TransVFC: transformable video feature compression (Sun et al., Pattern Recognition 2025).
 
-Pure torch + CompressAI modules; the detectron2 meta-architecture, container format and CLIs
-are built on top of them:
+Pure torch + CompressAI modules; the stream coder, container format and detectron2
+meta-architecture are built on top of them:
 
 * ``TransVFCCodec``: video feature codec for res2 features (I-frames: intra hyperprior codec;
   P-frames: scheme-based inter-prediction, eq. 1, + perception-guided conditional coding,
@@ -10,10 +10,11 @@ are built on top of them:
 * ``codec_loss`` (eq. 5-6), ``fst_loss`` (eq. 7-8), ``CODEC_STAGES`` / ``stage_for_iter``
   (Table 1);
 * ``add_transvfc_config``: the ``cfg.MODEL.VCM.TRANSVFC`` keys;
+* ``FeatureStreamCoder``: res2 features of videos <-> bitstreams (GOP, open streams, bits);
 * ``TransVFC``: the detectron2 meta-architecture (head + codec + FSTs + frozen task tails);
 * ``TRANSVFC_TASK_REGISTRY`` and the tails ``FasterRCNNTail``, ``DeepLabV3Tail``;
 * ``container``: the versioned bitstream format (``write_stream`` / ``read_stream``);
-* ``build_transvfc_lr_scheduler``: Table 1 learning rates for stage 1.
+* ``TransVFCCodecStages``: Table 1 learning rates for stage 1 (SOLVER.LR_SCHEDULER_NAME).
 """
 from .codec import LIKELIHOOD_KEYS, RECORD_STRINGS, PerceptionFn, TransVFCCodec, record_num_bits
 from .config import add_transvfc_config
@@ -32,7 +33,8 @@ from .losses import (
 )
 from .meta_arch import TransVFC
 from .perception import SplitBackbone
-from .solver import build_transvfc_lr_scheduler
+from .solver import TransVFCCodecStages
+from .stream import DecodedFrame, EncodedVideo, FeatureStreamCoder
 from .tasks import TRANSVFC_TASK_REGISTRY, DeepLabV3Tail, FasterRCNNTail, TaskTail
 
 __all__ = [
@@ -52,6 +54,9 @@ __all__ = [
     "latent_bpp",
     "codec_loss",
     "fst_loss",
+    "FeatureStreamCoder",
+    "EncodedVideo",
+    "DecodedFrame",
     "TransVFC",
     "SplitBackbone",
     "TRANSVFC_TASK_REGISTRY",
@@ -62,5 +67,5 @@ __all__ = [
     "StreamHeader",
     "read_stream",
     "write_stream",
-    "build_transvfc_lr_scheduler",
+    "TransVFCCodecStages",
 ]

@@ -31,26 +31,18 @@ keeps frozen modules in eval mode):
 Inputs in training are clips ``{"frames": [frame dicts]}`` (``vcm_d2.data.ClipDatasetMapper``)
 or single frame dicts (one-frame clips: I-frames only), all with the same clip length.
 
-Inference / evaluation: one frame dict at a time, coded for real (entropy coded, through the
-container's frame serialization). GOP structure: the model keeps one open stream per
-``video_id``; a frame whose ``frame_idx`` follows the previous one of its video continues it
-(P-frame, or I-frame every GOP frames), ``frame_idx`` 0 starts a new stream, any other gap
-logs a warning and codes an I-frame. Frames without ``video_id`` / ``frame_idx`` are coded as
-one-frame streams. Detectron2's inference loader keeps dataset order, so a per-frame dataset
-(video by video, frames in order) is coded exactly like a video. Each output holds the task
-predictions plus ``"bits"``: the frame's container bytes (type, lengths, latents of I-frame /
-motion / residual / hyperpriors, CRC) and, on the first frame of a stream, the stream header -
-so ``RateTaskEvaluator`` reports the bpp of the actual bitstreams.
+Inference / evaluation: one frame dict at a time, its res2 feature coded for real within its
+video's stream (``video_id`` / ``frame_idx``; GOP rules in ``stream.py``). Detectron2's
+inference loader keeps dataset order, so a per-frame dataset (video by video, frames in order)
+is coded exactly like a video. Each output holds the task predictions plus ``"bits"``: the
+frame's share of the stream, so ``RateTaskEvaluator`` reports the bpp of the actual bitstreams.
 
-Bitstreams: ``encode_video`` / ``decode_frames`` write and read the container (``container.py``);
-decoding refuses streams of another model (``model_hash``) and runs with the encoder's torch
-thread count, so it reproduces the encoder's reconstruction bit for bit on CPU.
+Bitstreams: ``stream_coder`` (``FeatureStreamCoder``, ``stream.py``) codes the features;
+``encode_video`` (images) / ``decode_frames`` (features) write and read the container.
 """
-import hashlib
+import itertools
 import logging
 import math
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -61,26 +53,15 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from .codec import TransVFCCodec
-from .container import (
-    BITS_PER_BYTE,
-    MAX_MODEL_ID_BYTES,
-    MAX_QUALITY_INDEX,
-    MODEL_HASH_BYTES,
-    ContainerError,
-    ParsedStream,
-    StreamHeader,
-    encode_frame,
-    header_num_bytes,
-    read_stream,
-    write_stream,
-)
+from .container import ParsedStream
 from .fst import FeatureSpaceTransform
 from .losses import CodecLossWeights, FSTLossWeights, codec_loss, fst_loss, stage_for_iter
 from .perception import SplitBackbone
+from .solver import TransVFCCodecStages
+from .stream import DecodedFrame, EncodedVideo, FeatureStreamCoder
 from .tasks import TaskTail, build_task_tail, task_key
 
-__all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE", "EncodedVideo",
-           "DecodedFrame"]
+__all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,30 +72,6 @@ _TRAINED_MODULE = {"codec": "codec", "fst": "fst", "task": "tasks"}
 _ALL_MODULES = ("backbone", "codec", "fst", "tasks")
 _PERCEPTION_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 PIXEL_RANGE = 255.0  # 8-bit pixels; the FST's coarse image lives in [0, 1]
-
-
-@dataclass
-class EncodedVideo:
-    stream: bytes
-    frame_bits: List[int]  # per frame, header charged to frame 0; sums to 8 * len(stream)
-    frame_types: List[str]
-    features: List[Tensor]  # encoder-side reconstructions F^_t (if requested)
-
-
-@dataclass
-class DecodedFrame:
-    index: int
-    frame_type: str
-    bits: int
-    feature: Tensor  # F^_t, 1 x C x h x w
-
-
-@dataclass
-class _OpenStream:
-    next_idx: int
-    gop_start: int
-    reference: Tensor
-    feature_shape: Tuple[int, ...]
 
 
 def _check_codec_matches(T, split: SplitBackbone) -> None:
@@ -182,13 +139,10 @@ class TransVFC(nn.Module):
             train_stage: one of ``TRAIN_STAGES``.
             train_crop_size: stage-1 feature crop (feature pixels, 0: none).
             aux_loss_weight: weight of the codec's aux loss in stage 1.
-            model_id, quality_index: written into stream headers.
-            max_open_videos: open evaluation streams kept (least recently used closed first).
+            model_id, quality_index, max_open_videos: of the ``FeatureStreamCoder``.
             inference_input: one of ``INFERENCE_INPUTS`` (MODEL.VCM.TRANSVFC.INFERENCE_INPUT).
         """
         super().__init__()
-        self._streams: "OrderedDict[object, _OpenStream]" = OrderedDict()
-        self._coding_ready = False
         if train_stage not in TRAIN_STAGES:
             raise ValueError(f"TRAIN_STAGE must be one of {TRAIN_STAGES}, got {train_stage!r}")
         if not set(tails) == set(fsts) == set(fst_weights):
@@ -198,8 +152,8 @@ class TransVFC(nn.Module):
         if inference_input not in INFERENCE_INPUTS:
             raise ValueError(f"INFERENCE_INPUT must be one of {INFERENCE_INPUTS}, got "
                              f"{inference_input!r}")
-        if train_crop_size < 0 or max_open_videos < 1:
-            raise ValueError("TRAIN_CROP_SIZE must be >= 0 and EVAL_MAX_OPEN_VIDEOS >= 1")
+        if train_crop_size < 0:
+            raise ValueError(f"TRAIN_CROP_SIZE must be >= 0, got {train_crop_size}")
         self.backbone = backbone
         self.split = SplitBackbone(backbone)
         self.codec = codec
@@ -211,14 +165,9 @@ class TransVFC(nn.Module):
         self.stage_ends = [int(e) for e in stage_ends]
         self.train_crop_size = int(train_crop_size)
         self.aux_loss_weight = float(aux_loss_weight)
-        self.model_id = str(model_id)
-        if len(self.model_id.encode("utf-8")) > MAX_MODEL_ID_BYTES:
-            raise ValueError(f"MODEL_ID must fit in {MAX_MODEL_ID_BYTES} UTF-8 bytes")
-        self.quality_index = int(quality_index)
-        if not 0 <= self.quality_index <= MAX_QUALITY_INDEX:
-            raise ValueError(f"QUALITY_INDEX must be in [0, {MAX_QUALITY_INDEX}], got "
-                             f"{quality_index}")
-        self.max_open_videos = int(max_open_videos)
+        self.stream_coder = FeatureStreamCoder(codec, self.split, model_id=model_id,
+                                               quality_index=quality_index,
+                                               max_open_videos=max_open_videos)
         self.inference_input = inference_input
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -237,6 +186,11 @@ class TransVFC(nn.Module):
         keys = [task_key(n) for n in names]
         if len(set(keys)) != len(keys):
             raise ValueError(f"MODEL.VCM.TRANSVFC.TASKS has duplicates: {names}")
+        schedule = TransVFCCodecStages.__name__
+        if T.TRAIN_STAGE == "codec" and cfg.SOLVER.LR_SCHEDULER_NAME != schedule:
+            logger.warning("TransVFC stage 1 (TRAIN_STAGE codec) with SOLVER.LR_SCHEDULER_NAME "
+                           "%r: the paper trains the codec with the Table 1 learning rates, %r",
+                           cfg.SOLVER.LR_SCHEDULER_NAME, schedule)
         tails, fsts, weights = {}, {}, {}
         for name, key in zip(names, keys):
             tails[key] = build_task_tail(cfg, name, split)
@@ -280,16 +234,13 @@ class TransVFC(nn.Module):
                 if name != trained:
                     getattr(self, name).eval()
         # Weights may change in between: recompute the CDF tables and reopen every stream.
-        self._streams.clear()
-        self._coding_ready = False
+        self.stream_coder.reset()
         return self
 
     def prepare_for_coding(self) -> None:
         """Compute the entropy coders' CDF tables from the current weights (once per eval
         session; call again after loading weights while in eval mode)."""
-        if not self._coding_ready:
-            self.codec.update(force=True)
-            self._coding_ready = True
+        self.stream_coder.prepare()
 
     def _map_checkpoint_aliases(self, state_dict, prefix, *args) -> None:
         """Rename standard-checkpoint keys to the tails' names (``proposal_generator.*`` ->
@@ -451,12 +402,12 @@ class TransVFC(nn.Module):
         """Code each frame for real (per-video streams, module docstring) and run every task."""
         if self.inference_input == "pixels":
             return self.pixel_inference(batched_inputs)
-        self.prepare_for_coding()
         outputs = []
         for inp in batched_inputs:
             image = inp["image"]
             size = tuple(image.shape[-2:])
-            feature, record, bits = self._code_frame(inp, self.image_to_feature(image))
+            feature, record, bits = self.stream_coder.code_frame(
+                self.image_to_feature(image), inp.get("video_id"), inp.get("frame_idx"))
             out_size = (int(inp.get("height", size[0])), int(inp.get("width", size[1])))
             out = {"bits": bits, "frame_type": record["type"]}
             out.update(self.run_tasks(feature, [size], [out_size])[0])
@@ -477,52 +428,11 @@ class TransVFC(nn.Module):
                 r.update(o)
         return results
 
-    def _code_frame(self, inp: Mapping, res2: Tensor):
-        """Code one frame within its video's stream; returns (F^_t, record, bits)."""
-        video, idx = inp.get("video_id"), inp.get("frame_idx")
-        header_bits = BITS_PER_BYTE * header_num_bytes(self.model_id)
-        if video is None or idx is None:  # a lone image: a one-frame stream
-            record, feature, _ = self.codec.compress_frame(res2, self.split.rest, None)
-            return feature, record, header_bits + BITS_PER_BYTE * len(encode_frame(record))
-        idx = int(idx)
-        state = self._streams.pop(video, None)
-        new_stream = state is None or idx == 0
-        if state is not None and not new_stream and (
-                idx != state.next_idx or tuple(res2.shape) != state.feature_shape):
-            logger.warning("TransVFC: frame_idx %d of video %r does not follow frame %d (or its "
-                           "size changed); coding an I-frame", idx, video, state.next_idx - 1)
-            state = None
-        elif state is None and idx != 0:
-            logger.warning("TransVFC: video %r starts at frame_idx %d (not 0) or its stream was "
-                           "closed; opening a stream with an I-frame", video, idx)
-        if new_stream or state is None:
-            gop_start, reference = idx, None
-        else:
-            gop_start = state.gop_start
-            reference = None if self.codec.frame_type(idx - gop_start) == "I" else state.reference
-        record, feature, new_reference = self.codec.compress_frame(res2, self.split.rest,
-                                                                   reference)
-        self._streams[video] = _OpenStream(next_idx=idx + 1, gop_start=gop_start,
-                                           reference=new_reference,
-                                           feature_shape=tuple(res2.shape))
-        while len(self._streams) > self.max_open_videos:
-            self._streams.popitem(last=False)
-        bits = BITS_PER_BYTE * len(encode_frame(record)) + (header_bits if new_stream else 0)
-        return feature, record, bits
-
     # ------------------------------------------------------------------ bitstreams
     def model_hash(self) -> bytes:
-        """Identity of everything the decoder runs: codec (incl. its CDF tables) and the
-        upstream backbone (perception network). Call after ``prepare_for_coding``."""
-        digest = hashlib.sha256()
-        for prefix, module in (("codec", self.codec), ("backbone", self.backbone)):
-            for name, t in sorted(module.state_dict().items()):
-                t = t.detach().to("cpu").contiguous()
-                digest.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)};".encode())
-                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.digest()[:MODEL_HASH_BYTES]
+        """``FeatureStreamCoder.model_hash``: codec (incl. its CDF tables) and backbone."""
+        return self.stream_coder.model_hash()
 
-    @torch.no_grad()
     def encode_video(self, images: Iterable[Tensor],
                      original_size: Optional[Tuple[int, int]] = None,
                      return_features: bool = False) -> EncodedVideo:
@@ -530,43 +440,23 @@ class TransVFC(nn.Module):
         every GOP frames. ``original_size``: (H, W) of the source video (default: the images')."""
         if self.training:
             raise RuntimeError("encode_video needs the model in eval mode (model.eval())")
-        self.prepare_for_coding()
-        records, features, reference, size = [], [], None, None
-        for t, image in enumerate(images):
-            if size is None:
-                size = tuple(image.shape[-2:])
-            elif tuple(image.shape[-2:]) != size:
-                raise ValueError(f"frame {t} is {tuple(image.shape[-2:])}, frame 0 was {size}")
-            ref = None if self.codec.frame_type(t) == "I" else reference
-            record, feature, reference = self.codec.compress_frame(
-                self.image_to_feature(image), self.split.rest, ref)
-            records.append(record)
-            if return_features:
-                features.append(feature)
-        if not records:
+        images = iter(images)
+        first = next(images, None)
+        if first is None:
             raise ValueError("no frames to encode")
-        header = StreamHeader(
-            image_size=size, original_size=tuple(original_size or size),
-            feature_size=tuple(records[0]["shape"]), gop=self.codec.gop,
-            num_frames=len(records), quality_index=self.quality_index,
-            threads=torch.get_num_threads(), model_hash=self.model_hash(),
-            model_id=self.model_id)
-        stream = write_stream(header, records)
-        parsed = read_stream(stream)
-        return EncodedVideo(stream=stream, frame_bits=parsed.frame_bits(),
-                            frame_types=[r["type"] for r in records], features=features)
+        size = tuple(first.shape[-2:])
+
+        def features():  # lazily: only the records of the frames stay in memory
+            for t, image in enumerate(itertools.chain([first], images)):
+                if tuple(image.shape[-2:]) != size:
+                    raise ValueError(f"frame {t} is {tuple(image.shape[-2:])}, frame 0 was {size}")
+                yield self.image_to_feature(image)
+
+        return self.stream_coder.encode(features(), size, original_size, return_features)
 
     def read_header(self, stream: bytes) -> ParsedStream:
         """Parse ``stream`` and check it was made by this model (ContainerError otherwise)."""
-        parsed = read_stream(stream)
-        self.prepare_for_coding()
-        header, expected = parsed.header, self.model_hash()
-        if header.model_hash != expected:
-            raise ContainerError(
-                f"stream was encoded by model {header.model_id!r} (hash "
-                f"{header.model_hash.hex()}), this model is {self.model_id!r} (hash "
-                f"{expected.hex()}): decoding would not reproduce the encoder's features")
-        return parsed
+        return self.stream_coder.read_header(stream)
 
     def decode_frames(self, stream: bytes) -> Iterator[DecodedFrame]:
         """Decode a stream frame by frame (with the encoder's torch thread count, restored
@@ -578,18 +468,4 @@ class TransVFC(nn.Module):
         """``decode_frames`` of a stream already checked by ``read_header``."""
         if self.training:
             raise RuntimeError("decoding needs the model in eval mode (model.eval())")
-        return self._decode_records(parsed)
-
-    @torch.no_grad()
-    def _decode_records(self, parsed: ParsedStream) -> Iterator[DecodedFrame]:
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(parsed.header.threads)
-        try:
-            reference = None
-            for i, (record, bits) in enumerate(zip(parsed.records, parsed.frame_bits())):
-                feature, reference = self.codec.decompress_frame(
-                    record, self.split.rest, reference)
-                yield DecodedFrame(index=i, frame_type=record["type"], bits=bits,
-                                   feature=feature)
-        finally:
-            torch.set_num_threads(previous_threads)
+        return self.stream_coder.decode(parsed)
