@@ -1,7 +1,9 @@
 """tools/compress_dataset.py and vcm_d2.engine.compress: layout, bits, resume, shards, failures."""
-import glob
 import importlib.util
 import os
+import subprocess
+import sys
+import time
 import uuid
 import zlib
 
@@ -23,6 +25,8 @@ from vcm_d2.engine.compress import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = "test_compress_fake_codec"
+SYNTHETIC_VAL = "vcm_synth_val"  # 8 videos of 12 frames of 128 x 128
+PROCESS_TIMEOUT = 600  # seconds
 
 
 class FakeCodec(Codec):
@@ -96,8 +100,19 @@ def tiny(tmp_path, registered):
     return registered([dicts[i] for i in order])
 
 
+def _files(root):
+    """{path relative to ``root``: bytes} of every file under it, hidden ones included (glob's
+    ``*`` skips the dot-prefixed temp files of atomic writes)."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                files[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+    return files
+
+
 def _no_temp_files(root):
-    return [p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if p.endswith(".tmp")]
+    return [p for p in _files(root) if p.endswith(".tmp")]
 
 
 def test_build_sequences_groups_orders_and_names(tmp_path):
@@ -184,6 +199,64 @@ def test_shards_give_the_same_manifest(tiny, tmp_path):
     os.remove(sharded[8])
     merged = assemble_manifests(tiny, FAKE, [8], out)
     assert load_manifest(merged[8]) == load_manifest(single[8])
+
+
+def test_concurrent_shard_processes_equal_one_run(tmp_path):
+    """`tools/compress_dataset.py --shard i/2` as two processes at the same time write the files
+    of one in-process run, byte for byte (manifest, records, frames, bitstreams)."""
+    single = compress_dataset(SYNTHETIC_VAL, "x264", [35], str(tmp_path / "single"), progress=False,
+                              save_bitstreams=True)[35]
+    out = str(tmp_path / "sharded")
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tools", "compress_dataset.py"), "--dataset", SYNTHETIC_VAL,
+         "--codec", "x264", "--quality", "35", "--save-bitstreams", "--output", out,
+         "--shard", f"{shard}/2", "--no-progress"],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for shard in range(2)]
+    for shard, proc in enumerate(procs):
+        log = proc.communicate(timeout=PROCESS_TIMEOUT)[0]
+        assert proc.returncode == 0, log
+        assert f"4 sequences in shard {shard}/2, 4 to compress" in log  # half of the 8 videos each
+    assert _files(os.path.join(out, SYNTHETIC_VAL, "x264", "q35")) == _files(os.path.dirname(single))
+
+
+def _plant(path, age):
+    """A temp file as a killed (``age`` > 0 seconds ago) or live (``age`` < 0) writer leaves it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"partial")
+    mtime = time.time() - age
+    os.utime(path, (mtime, mtime))
+
+
+def test_resume_removes_orphan_temp_files_but_not_other_shards(tiny, tmp_path):
+    """A killed run's temp files go at the next run of the same shard; the other shard's stay,
+    and so does a manifest temp file newer than the run (a live writer's)."""
+    clean = compress_dataset(tiny, FAKE, [8], str(tmp_path / "clean"), progress=False)[8]
+    out = str(tmp_path / "out")
+    qdir = os.path.join(out, tiny, FAKE, "q8")
+    compress_dataset(tiny, FAKE, [8], out, progress=False)
+    # killed while writing frame 1 of video-9 (shard 1/2; so no record), the record of image-5
+    # (shard 0/2) and the manifest; vid7's orphan is from an earlier kill (video-7 redone since)
+    for name in ("frames/vid9/001.png", "records/video-9.json", "records/image-5.json", "manifest.json"):
+        os.remove(os.path.join(qdir, name))
+    orphans = {shard: [os.path.join(qdir, name) for name in names] for shard, names in {
+        0: ["records/.image-5.json.abc123.tmp", "frames/vid7/.000.png.abc123.tmp"],
+        1: ["frames/vid9/.001.png.abc123.tmp", "records/.video-9.json.abc123.tmp"],
+    }.items()}
+    manifest_orphan = os.path.join(qdir, ".manifest.json.abc123.tmp")
+    live = os.path.join(qdir, ".manifest.json.live99.tmp")
+    for path in orphans[0] + orphans[1] + [manifest_orphan]:
+        _plant(path, age=3600)
+    _plant(live, age=-3600)
+
+    assert compress_dataset(tiny, FAKE, [8], out, shard=(0, 2), progress=False) == {}
+    left = {os.path.join(qdir, p) for p in _no_temp_files(qdir)}
+    assert left == set(orphans[1]) | {live}
+    manifest = compress_dataset(tiny, FAKE, [8], out, shard=(1, 2), progress=False)[8]
+    assert {os.path.join(qdir, p) for p in _no_temp_files(qdir)} == {live}
+    os.remove(live)
+    assert _files(os.path.dirname(manifest)) == _files(os.path.dirname(clean))
 
 
 def test_process_pool_matches_in_process(tiny, tmp_path):

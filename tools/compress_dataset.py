@@ -8,7 +8,9 @@ Example (two machines, each running one shard; the last one to finish writes the
         --workers 8 --shard 0/2
 
 Output: ``<output>/<dataset>/<codec>/q<quality>/{manifest.json,frames/,records/}``, read back by
-``vcm_d2.data.pairs`` (pair datasets named ``<dataset>@<codec>_q<quality>``). Reruns resume.
+``vcm_d2.data.pairs`` (pair datasets named ``<dataset>@<codec>_q<quality>``). Reruns resume
+and remove the temp files of the writes a killed run left unfinished (shards running at the same
+time leave each other's alone).
 With ``--degradation lowlight|noise`` the source frames are first degraded (TransVFC robustness
 test, ``vcm_d2.data.degradation``) and the dataset ``<dataset>~<kind>`` is compressed instead.
 Exit status 1 if some sequence failed (all others are finished first) or ``--merge`` found

@@ -12,7 +12,8 @@ A *sequence* is what the codec sees at once: a video dict (``file_names``), the 
 sharing a ``video_id`` (ordered by ``frame_idx``), or a single image. One task reads the
 originals of one sequence once and codes them at every pending quality. Every file is written
 atomically, and a record is written only after its PNGs, so an interrupted run loses at most the
-sequences in flight; a rerun recomputes exactly the sequences without a valid record.
+sequences in flight; a rerun recomputes exactly the sequences without a valid record, and
+removes the temp files the killed writes left (see ``_remove_orphans``).
 """
 import concurrent.futures
 import hashlib
@@ -20,8 +21,9 @@ import json
 import logging
 import os
 import re
+import time
 import traceback
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,7 +42,7 @@ from ..data.pairs import (
     quality_dirname,
     relative_original_path,
 )
-from ..utils.io import atomic_write, atomic_write_bytes, atomic_write_json
+from ..utils.io import atomic_write, atomic_write_bytes, atomic_write_json, remove_orphan_temp_files
 
 __all__ = [
     "FrameSpec",
@@ -231,6 +233,28 @@ def _bitstream_relpath(key: str) -> str:
     return f"{BITSTREAMS_DIRNAME}/{key}{BITSTREAM_SUFFIX}"
 
 
+def _sequence_files(qdir: str, seq: SequenceSpec) -> List[str]:
+    """Every file a run writes for ``seq`` in ``qdir`` (the bitstream even if not saved now)."""
+    return ([os.path.join(qdir, f.file_name) for f in seq.frames]
+            + [_record_path(qdir, seq.key), os.path.join(qdir, _bitstream_relpath(seq.key))])
+
+
+def _remove_orphans(sequences: Sequence[SequenceSpec], qdirs: Sequence[str]) -> int:
+    """Remove the temp files killed runs left for the files of ``sequences``; return how many.
+
+    Safe next to concurrent shards, which share folders (``records/``, and ``frames/<dir>/`` of
+    image datasets): only the temp files of this shard's own files are removed, and no other
+    shard writes those (shards split the sequences, and all files of a sequence are named after
+    it). The shared manifest is handled by ``_assemble``.
+    """
+    names_by_folder: Dict[str, set] = defaultdict(set)
+    for qdir in qdirs:
+        for seq in sequences:
+            for path in _sequence_files(qdir, seq):
+                names_by_folder[os.path.dirname(path)].add(os.path.basename(path))
+    return sum(len(remove_orphan_temp_files(folder, names)) for folder, names in names_by_folder.items())
+
+
 def _normalize_options(options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     try:
         return json.loads(json.dumps(dict(options or {}), sort_keys=True))
@@ -395,11 +419,15 @@ def _run_tasks(tasks: List[_Task], workers: int, progress: bool, desc: str) -> D
 
 # ----------------------------------------------------------------------------- manifests
 def _assemble(qdir: str, sequences: List[SequenceSpec], header: Dict[str, Any],
-              cache: Dict[str, dict]) -> Tuple[Optional[str], List[str]]:
+              cache: Dict[str, dict], run_start: float) -> Tuple[Optional[str], List[str]]:
     """Write ``manifest.json`` of one quality if every sequence has a valid record.
 
     Returns (manifest path or None, keys of the sequences still missing).
     """
+    # Any shard (or --merge) may be writing the manifest right now, so a temp file of it is an
+    # orphan only if it predates this run: a manifest write lasts far less than the time this
+    # run has taken to get here (loading the dataset and reading every record).
+    remove_orphan_temp_files(qdir, [MANIFEST_FILENAME], older_than=run_start)
     records, missing = [], []
     for seq in sequences:
         record = cache.get(seq.key)
@@ -457,13 +485,14 @@ def assemble_manifests(dataset_name: str, codec_name: str, qualities: Sequence[A
     ``codec_options`` None accepts the options recorded (they must agree). Raises RuntimeError
     naming missing sequences if some shard has not finished.
     """
+    run_start = time.time()
     qualities = _normalize_qualities(qualities)
     options = None if codec_options is None else _normalize_options(codec_options)
     sequences = build_sequences(DatasetCatalog.get(dataset_name))
     manifests, problems = {}, []
     for header in _headers(dataset_name, codec_name, qualities, options):
         qdir = output_dir_for(output_dir, dataset_name, codec_name, header["quality"])
-        path, missing = _assemble(qdir, sequences, header, {})
+        path, missing = _assemble(qdir, sequences, header, {}, run_start)
         if path is None:
             shown = ", ".join(missing[:MAX_FAILURES_SHOWN])
             problems.append(f"q{format_quality(header['quality'])}: {len(missing)} sequence(s) "
@@ -483,12 +512,13 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
                      save_bitstreams: bool = False) -> Dict[Any, str]:
     """Compress ``dataset_name`` with ``codec_name`` at each quality into ``output_dir``.
 
-    Resumable: sequences with a valid record are skipped. With ``shard=(i, N)`` only every N-th
-    sequence starting at i is coded here; the manifest of a quality is written by whichever run
-    finds the records of all sequences. Returns {quality: manifest path} for the qualities whose
-    manifest exists at the end. Raises CompressionError (after finishing all other sequences) if
-    some sequences failed.
+    Resumable: sequences with a valid record are skipped, and the temp files of killed writes
+    removed. With ``shard=(i, N)`` only every N-th sequence starting at i is coded here; the
+    manifest of a quality is written by whichever run finds the records of all sequences.
+    Returns {quality: manifest path} for the qualities whose manifest exists at the end. Raises
+    CompressionError (after finishing all other sequences) if some sequences failed.
     """
+    run_start = time.time()
     qualities = _normalize_qualities(qualities)
     options = _normalize_options(codec_options)
     _check_shard(tuple(shard))
@@ -498,6 +528,9 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
     mine = sequences[shard[0]::shard[1]]
     headers = _headers(dataset_name, codec_name, qualities, options)
     qdirs = [output_dir_for(output_dir, dataset_name, codec_name, q) for q in qualities]
+    removed = _remove_orphans(mine, qdirs)
+    if removed:
+        logger.info("Removed %d temp file(s) left by an interrupted run", removed)
 
     caches: List[Dict[str, dict]] = [{} for _ in qualities]
     pending: "OrderedDict[str, List[int]]" = OrderedDict()
@@ -528,7 +561,7 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
 
     manifests: Dict[Any, str] = {}
     for qi, (header, qdir) in enumerate(zip(headers, qdirs)):
-        path, missing = _assemble(qdir, sequences, header, caches[qi])
+        path, missing = _assemble(qdir, sequences, header, caches[qi], run_start)
         if path is not None:
             manifests[header["quality"]] = path
         elif not failures:
