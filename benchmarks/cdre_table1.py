@@ -32,8 +32,18 @@ import sys
 
 import torch
 
-from _common import demo  # benchmarks/ is on sys.path when run as a script
+import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
+from vcm_d2.evaluation.report import write_report
+from vcm_d2.evaluation.results import save_curve
+from vcm_d2.pipeline import ANCHOR_METHOD, Run
+from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
+from vcm_d2.pipeline.rate_task import (DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
+                                       DEFAULT_VVC_QUALITIES, task_metric)
+from vcm_d2.pipeline.report import (curve_from, figure_rows, points_table, strongest_point_lines,
+                                    write_figures)
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
+TRAIN_SET, VAL_SET = "vcm_synth_train", "vcm_synth_val"
 TABLE_METHODS = ("head_ft", "full_ft", "ours_fd", "ours")
 TRANSFER_METHODS = ("full_ft", "ours")
 # Iterations of every trained method (2x the demo's; one schedule for all methods).
@@ -43,22 +53,22 @@ logger = logging.getLogger("vcm_d2.cdre_table1")
 
 
 def parse_args(argv=None):
+    methods = sorted(SYNTHETIC_DETECTION.methods)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="output/cdre_table1", help="output folder (resumable)")
     p.add_argument("--codecs", nargs="+", default=["x264", "x265"], help="Table I codecs (pooled training)")
-    p.add_argument("--qualities", nargs="+", type=float, default=list(demo.DEFAULT_QUALITIES),
+    p.add_argument("--qualities", nargs="+", type=float, default=list(DEFAULT_QUALITIES),
                    help="CRF values of --codecs")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the video codecs")
-    p.add_argument("--train-iters", type=int, default=demo.DEFAULT_TRAIN_ITERS, help="clean detector iterations")
+    p.add_argument("--train-iters", type=int, default=DEFAULT_TRAIN_ITERS, help="clean detector iterations")
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="iterations of every trained method")
-    p.add_argument("--methods", nargs="+", default=list(TABLE_METHODS), choices=sorted(demo.METHOD_CONFIGS),
+    p.add_argument("--methods", nargs="+", default=list(TABLE_METHODS), choices=methods,
                    help="Table I methods to train")
     p.add_argument("--transfer-train-codec", default="x264", help="Fig. 6: training codec")
     p.add_argument("--transfer-codecs", nargs="*", default=["x265", "vvc"],
                    help="Fig. 6: test codecs (none: skip Fig. 6)")
-    p.add_argument("--transfer-methods", nargs="+", default=list(TRANSFER_METHODS),
-                   choices=sorted(demo.METHOD_CONFIGS))
-    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(demo.DEFAULT_VVC_QUALITIES),
+    p.add_argument("--transfer-methods", nargs="+", default=list(TRANSFER_METHODS), choices=methods)
+    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(DEFAULT_VVC_QUALITIES),
                    help="vvenc QPs of the vvc test sets")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every training (weights init, data order); < 0: random")
@@ -70,107 +80,98 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def qualities_of(codec, args):
-    return args.vvc_qualities if codec == "vvc" else args.qualities
-
-
 def run_dir(out, method, train_codecs, iters):
     return os.path.join(out, "models", f"{method}_{'+'.join(train_codecs)}_{iters}it")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    out = demo.start_run(args.output, args.threads)
-    extra = ["SEED", args.seed] + list(args.opts)
-    times = demo.StepTimes(os.path.join(out, demo.TIMINGS_FILE))
+    run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
+    out = run.out
     if args.transfer_codecs and args.transfer_train_codec not in args.codecs:
         raise ValueError(f"--transfer-train-codec {args.transfer_train_codec} must be one of --codecs "
                          f"{args.codecs} (its training pairs are compressed with them)")
+    task, key, metric = task_metric(VAL_SET)
+
+    def qualities_of(codec):
+        return args.vvc_qualities if codec == "vvc" else args.qualities
 
     logger.info("[1/5] compression")
-    root, splits = os.path.join(out, "compressed"), (demo.TRAIN_SET, demo.VAL_SET)
+    options = {"gop": args.gop}
+    pairs = run.compress((TRAIN_SET, VAL_SET), args.codecs, qualities_of, options, args.workers,
+                         "compress")
     extra_codecs = [c for c in args.transfer_codecs if c not in args.codecs]
-    done = demo.is_compressed(splits, args.codecs, args.qualities, root) and all(
-        demo.is_compressed((demo.VAL_SET,), [c], qualities_of(c, args), root) for c in extra_codecs)
-    with times.step("compress", done):
-        pairs = demo.compress_pairs(splits, args.codecs, args.qualities, root, {"gop": args.gop}, args.workers)
-        for codec in extra_codecs:
-            pairs.update(demo.compress_pairs((demo.VAL_SET,), [codec], qualities_of(codec, args), root,
-                                             {"gop": args.gop}, args.workers))
-    val = lambda codec: pairs[demo.VAL_SET, codec]  # noqa: E731
+    pairs.update(run.compress((VAL_SET,), extra_codecs, qualities_of, options, args.workers,
+                              "compress_transfer"))
+    val = lambda codec: pairs[VAL_SET, codec]  # noqa: E731
     test_codecs = list(dict.fromkeys(list(args.codecs) + list(args.transfer_codecs)))
 
+    def curves(res, codecs, method, meta=None):
+        return [curve_from(res, c, method, qualities_of(c), val(c), meta, task=task,
+                           result_key=key, metric=metric) for c in codecs]
+
     logger.info("[2/5] clean detector (%d iterations)", args.train_iters)
-    clean_cfg = demo.model_cfg(demo.CLEAN_CONFIG, os.path.join(out, "clean"),
-                               ["SOLVER.MAX_ITER", args.train_iters] + extra)
-    with times.step("train_clean", demo.is_trained(clean_cfg)):
-        clean = demo.train(clean_cfg)
+    clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(out, "clean"),
+                                              ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+    clean = run.train(clean_cfg, "train_clean")
 
     logger.info("[3/5] direct test on %s", test_codecs)
-    direct_sets = [demo.VAL_SET] + [n for c in test_codecs for n in val(c)]
-    cache = os.path.join(out, "clean", "eval.json")
-    with times.step("eval_direct", demo.is_evaluated(direct_sets, cache)):
-        direct = demo.evaluate(clean_cfg, clean, direct_sets, cache)
-    direct_curves = {c: demo.curve_from(direct, c, demo.ANCHOR_METHOD, qualities_of(c, args), val(c))
-                     for c in test_codecs}
-    clean_ap = direct[demo.VAL_SET]["bbox"][demo.METRIC]
+    direct = run.evaluate(clean_cfg, clean, [VAL_SET] + [n for c in test_codecs for n in val(c)],
+                          "eval_direct")
+    direct_curves = dict(zip(test_codecs, curves(direct, test_codecs, ANCHOR_METHOD)))
+    clean_ap = direct[VAL_SET][key][metric]
 
     trained = {}  # label -> (cfg, weights), for the figures
 
-    def run(method, train_codecs, test, label):
-        d = run_dir(out, method, train_codecs, args.iters)
-        train_sets = [n for c in train_codecs for n in pairs[demo.TRAIN_SET, c]]
-        cfg = demo.method_cfg(method, d, iters=args.iters, weights=clean, train_sets=train_sets, extra=extra)
-        with times.step(f"train_{label}", demo.is_trained(cfg)):
-            weights = demo.train(cfg)
+    def train_and_test(method, train_codecs, test, label):
+        train_sets = [n for c in train_codecs for n in pairs[TRAIN_SET, c]]
+        cfg = SYNTHETIC_DETECTION.method_cfg(
+            method, CONFIG_DIR, run_dir(out, method, train_codecs, args.iters), iters=args.iters,
+            weights=clean, train_sets=train_sets, extra=run.extra)
+        weights = run.train(cfg, f"train_{label}")
         trained[label] = (cfg, weights)
-        sets, cache = [n for c in test for n in val(c)], os.path.join(d, "eval.json")
-        with times.step(f"eval_{label}", demo.is_evaluated(sets, cache)):
-            res = demo.evaluate(cfg, weights, sets, cache)
-        meta = {"iters": args.iters, "trained_on": list(train_codecs)}
-        return [demo.curve_from(res, c, label, qualities_of(c, args), val(c), meta=meta) for c in test]
+        res = run.evaluate(cfg, weights, [n for c in test for n in val(c)], f"eval_{label}")
+        return curves(res, test, label, {"iters": args.iters, "trained_on": list(train_codecs)})
 
     logger.info("[4/5] Table I: %s trained on pooled %s, %d iterations", args.methods, args.codecs, args.iters)
     table = [direct_curves[c] for c in args.codecs]
     for method in args.methods:
         logger.info("Table I: %s", method)
-        table += run(method, args.codecs, args.codecs, method)
+        table += train_and_test(method, args.codecs, args.codecs, method)
     fig6 = []
     if args.transfer_codecs:
         logger.info("[5/5] Fig. 6: %s trained on %s, tested on %s", args.transfer_methods,
                     args.transfer_train_codec, args.transfer_codecs)
         fig6 = [direct_curves[c] for c in args.transfer_codecs]
         for method in args.transfer_methods:
-            fig6 += run(method, [args.transfer_train_codec], args.transfer_codecs,
-                        f"{method}@{args.transfer_train_codec}")
+            fig6 += train_and_test(method, [args.transfer_train_codec], args.transfer_codecs,
+                                   f"{method}@{args.transfer_train_codec}")
 
-    common = [f"Clean detector: uncompressed validation {demo.METRIC} **{clean_ap:.1f}** "
+    common = [f"Clean detector: uncompressed validation {metric} **{clean_ap:.1f}** "
               f"({args.train_iters} iterations). Trained methods: {args.iters} iterations each from "
-              "the clean detector.", ""]
-    timing = (times.line() + f" (each step timed in the run that did it, {torch.get_num_threads()} torch "
-              "thread(s); total = their sum)")
+              f"the clean detector. {torch.get_num_threads()} torch thread(s).", ""]
     reports = [("table1", "CDRE Table I (synthetic benchmark)", table,
                 f"Training data: pooled {' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}.",
                 args.codecs),
                ("fig6", "CDRE Fig. 6: codec transfer (synthetic benchmark)", fig6,
                 f"Trained on {args.transfer_train_codec} only; tested on {', '.join(args.transfer_codecs)}.",
                 args.transfer_codecs)]
-    for folder, title, curves, what, codecs in reports:
-        if not curves:
+    for folder, title, report_curves, what, codecs in reports:
+        if not report_curves:
             continue
         d = os.path.join(out, folder)
-        models = {demo.ANCHOR_METHOD: (clean_cfg, clean)}
-        models.update((c.method, trained[c.method]) for c in curves if c.method in trained)
-        figure_lines = demo.write_figures(d, {
-            c: demo.figure_rows(c, models, direct_curves[c], val(c), demo.VAL_SET) for c in codecs},
-            demo.VAL_SET, times, step=f"figures_{folder}")
-        lines = common + [what, ""] + demo.strongest_point_lines(curves, clean_ap) + [
-            "", f"{demo.METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, included in bpp):",
-            "", demo.points_table(curves), ""] + figure_lines + ["", timing]
-        for curve in curves:
-            demo.save_curve(curve, os.path.join(d, "curves", curve.name.replace("/", "_") + ".json"))
-        path = demo.write_report(curves, anchor_per_codec=demo.ANCHOR_METHOD, output_dir=d, title=title,
-                                 preamble="\n".join(lines))
+        models = {ANCHOR_METHOD: (clean_cfg, clean)}
+        models.update((c.method, trained[c.method]) for c in report_curves if c.method in trained)
+        figure_lines = write_figures(d, {
+            c: figure_rows(c, models, direct_curves[c], val(c), VAL_SET) for c in codecs},
+            VAL_SET, run.times, step=f"figures_{folder}")
+        lines = common + [what, ""] + strongest_point_lines(report_curves, clean_ap, ANCHOR_METHOD) + [
+            "", f"{metric} @ bpp per quality point (CDRE side-stream bpp in brackets, included in bpp):",
+            "", points_table(report_curves), ""] + figure_lines + ["", run.times.line()]
+        for curve in report_curves:
+            save_curve(curve, os.path.join(d, "curves", curve.name.replace("/", "_") + ".json"))
+        path = write_report(report_curves, anchor_per_codec=ANCHOR_METHOD, output_dir=d,
+                            title=title, preamble="\n".join(lines))
         logger.info("report written to %s", path)
         with open(path) as f:
             print(f.read())

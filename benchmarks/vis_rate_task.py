@@ -35,15 +35,25 @@ import argparse
 import logging
 import os
 import re
-from typing import Dict, Sequence
 
 import torch
 
-import transvfc_rate_task as tvfc  # benchmarks/ is on sys.path when run as a script
-from _common import demo
+import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
-from vcm_d2.evaluation.results import RateTaskCurve, save_curve, write_report
+from vcm_d2.evaluation.report import write_report
+from vcm_d2.evaluation.results import save_curve
+from vcm_d2.pipeline import ANCHOR_METHOD, Run
+from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION, SYNTHETIC_VIS
+from vcm_d2.pipeline.rate_task import DEFAULT_QUALITIES as TRAIN_QUALITIES
+from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
+from vcm_d2.pipeline.report import (bd_table, curve_from, figure_rows, points_table,
+                                    strongest_point_lines, write_figures)
+from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_QUALITIES, PIXEL_VVC_QUALITIES,
+                                      TASK_NETWORK_CONFIG, TRANSVFC, figure_rows_vs_pixels,
+                                      train_stage1, train_stage2, train_task_networks,
+                                      transvfc_curve)
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET = "vcm_synth_vis_train"
 # Curves on the 32-video test split (YouTube-VIS AP over 8 videos varies by about +-1.5 AP
 # between neighbouring quality points); the degradations on the 8 validation videos (their
@@ -51,11 +61,7 @@ TRAIN_SET = "vcm_synth_vis_train"
 TEST_SET, CONDITION_SET = "vcm_synth_vis_test", "vcm_synth_vis_val"
 TASK, RESULT_KEY, METRIC = "vis", "segm", "AP"
 # Trained methods (Table I rows for VIS), each from the clean VIS model.
-METHOD_CONFIGS = {
-    "full_ft": "vis_mask_rcnn_R18_slim_finetune.yaml",
-    "ours": "vis_cdre_mask_rcnn_R18_slim_ours.yaml",
-    "ours_fd": "vis_cdre_mask_rcnn_R18_slim_ours_fd.yaml",
-}
+METHODS = tuple(SYNTHETIC_VIS.methods)
 DEFAULT_ITERS = 300
 # Task name of the curves of --condition-set, clean or degraded (a plot and BD table each).
 CONDITION_TASK = "vis, val ({})"
@@ -65,28 +71,29 @@ logger = logging.getLogger("vcm_d2.vis_rate_task")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=demo._HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="output/vis_rate_task", help="output folder (resumable)")
     p.add_argument("--codecs", nargs="+", default=["x264", "x265", "vvc"],
                    help="pixel codecs of the validation videos")
-    p.add_argument("--qualities", nargs="+", type=float, default=list(tvfc.DEFAULT_QUALITIES),
+    p.add_argument("--qualities", nargs="+", type=float, default=list(PIXEL_QUALITIES),
                    help="CRF of x264 / x265 on the validation videos")
     p.add_argument("--vvc-qualities", nargs="+", type=float,
-                   default=list(tvfc.DEFAULT_VVC_QUALITIES), help="vvenc QPs")
+                   default=list(PIXEL_VVC_QUALITIES), help="vvenc QPs")
     p.add_argument("--train-codecs", nargs="+", default=["x264", "x265"],
                    help="codecs of the training pairs (pooled) of full_ft / ours / ours_fd")
     p.add_argument("--train-qualities", nargs="+", type=float,
-                   default=list(demo.DEFAULT_QUALITIES), help="CRF of the training pairs")
+                   default=list(TRAIN_QUALITIES), help="CRF of the training pairs")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
-    p.add_argument("--methods", nargs="*", default=list(METHOD_CONFIGS),
-                   choices=list(METHOD_CONFIGS), help="trained methods (none: direct only)")
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+                   help="trained methods (none: direct only)")
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS,
                    help="iterations of every trained method")
-    p.add_argument("--train-iters", type=int, default=demo.DEFAULT_TRAIN_ITERS,
+    p.add_argument("--train-iters", type=int, default=DEFAULT_TRAIN_ITERS,
                    help="iterations of the clean detector")
     p.add_argument("--vis-iters", type=int, default=600,
                    help="iterations of the VIS network from the clean detector")
-    p.add_argument("--lambdas", nargs="*", type=float, default=list(tvfc.DEFAULT_LAMBDAS),
+    p.add_argument("--lambdas", nargs="*", type=float, default=list(DEFAULT_LAMBDAS),
                    help="lambda_R of the TransVFC models (none: no TransVFC rows)")
     p.add_argument("--stage1-iters", type=int, default=1000,
                    help="iterations of the first lambda's stage 1")
@@ -107,29 +114,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def vis_curve(results: Dict, codec: str, method: str, qualities: Sequence[float],
-              names: Sequence[str], task: str = TASK, meta: Dict = None) -> RateTaskCurve:
-    return demo.curve_from(results, codec, method, qualities, names, meta=meta, task=task,
-                           result_key=RESULT_KEY, metric=METRIC)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    out = demo.start_run(args.output, args.threads)
-    times = demo.StepTimes(os.path.join(out, demo.TIMINGS_FILE))
-    extra = ["SEED", args.seed] + list(args.opts)
-    root = os.path.join(out, "compressed")
+    run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
+    out, times = run.out, run.times
 
     def qualities_of(codec):
         return args.vvc_qualities if codec == "vvc" else args.qualities
 
-    def compress(dataset, codecs, qualities_of_codec, step):
-        done = all(demo.is_compressed((dataset,), [c], qualities_of_codec(c), root) for c in codecs)
-        with times.step(step, done):
-            pairs = {}
-            for codec in codecs:
-                pairs.update(demo.compress_pairs((dataset,), [codec], qualities_of_codec(codec),
-                                                 root, {"gop": args.gop}, args.workers))
+    def vis_curve(results, codec, method, names, task=TASK, meta=None):
+        return curve_from(results, codec, method, qualities_of(codec), names, meta, task=task,
+                          result_key=RESULT_KEY, metric=METRIC)
+
+    def compress(dataset, codecs, qualities, step):
+        pairs = run.compress((dataset,), codecs, qualities, {"gop": args.gop}, args.workers, step)
         return {codec: pairs[dataset, codec] for codec in codecs}
 
     logger.info("[1/7] compressing %s and %s", TRAIN_SET, args.test_set)
@@ -138,23 +136,19 @@ def main(argv=None):
     test_pairs = compress(args.test_set, args.codecs, qualities_of, "compress_test")
 
     logger.info("[2/7] clean detector and VIS network")
-    clean_cfg = demo.model_cfg(demo.CLEAN_CONFIG, os.path.join(out, "clean"),
-                               ["SOLVER.MAX_ITER", args.train_iters] + extra)
-    with times.step("train_detector", demo.is_trained(clean_cfg)):
-        detector = demo.train(clean_cfg)
-    networks = tvfc.train_task_networks(out, [TASK], detector, {TASK: args.vis_iters}, extra, times)
-    vis_config, vis_folder = tvfc.TASK_NETWORK_CONFIG[TASK]
-    vis_cfg = demo.model_cfg(vis_config, os.path.join(out, vis_folder), extra)
+    clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(out, "clean"),
+                                              ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+    detector = run.train(clean_cfg, "train_detector")
+    vis_weights = train_task_networks(run, [TASK], detector, {TASK: args.vis_iters})[TASK]
+    vis_config, vis_folder = TASK_NETWORK_CONFIG[TASK]
+    vis_cfg = run.cfg(vis_config, os.path.join(out, vis_folder), run.extra)
 
     def direct_test(dataset, pairs, task, step):
         """Clean metric and direct-test curves of the VIS network on ``dataset``."""
-        sets = [dataset] + [n for c in args.codecs for n in pairs[c]]
-        cache = os.path.join(out, vis_folder, "eval.json")
-        with times.step(step, demo.is_evaluated(sets, cache)):
-            res = demo.evaluate(vis_cfg, networks[TASK], sets, cache)
+        res = run.evaluate(vis_cfg, vis_weights, [dataset] + [n for c in args.codecs for n in pairs[c]],
+                           step)
         return res[dataset][RESULT_KEY][METRIC], [
-            vis_curve(res, c, demo.ANCHOR_METHOD, qualities_of(c), pairs[c], task=task)
-            for c in args.codecs]
+            vis_curve(res, c, ANCHOR_METHOD, pairs[c], task=task) for c in args.codecs]
 
     logger.info("[3/7] direct test on %s", args.test_set)
     clean_ap, direct_curves = direct_test(args.test_set, test_pairs, TASK, "eval_direct")
@@ -162,34 +156,28 @@ def main(argv=None):
     logger.info("[4/7] %s, %d iterations each", args.methods, args.iters)
     train_sets = [n for c in args.train_codecs for n in train_pairs.get(c, [])]
     method_curves = []
-    models = {demo.ANCHOR_METHOD: (vis_cfg, networks[TASK])}  # of the figures
+    models = {ANCHOR_METHOD: (vis_cfg, vis_weights)}  # of the figures
     for method in args.methods:
-        cfg = demo.model_cfg(METHOD_CONFIGS[method], os.path.join(out, method), [
-            "SOLVER.MAX_ITER", args.iters,
-            "SOLVER.STEPS", (max(1, int(args.iters * demo.LR_DROP_FRACTION)),),
-            "MODEL.WEIGHTS", networks[TASK], "DATASETS.TRAIN", tuple(train_sets)] + extra)
-        with times.step(f"train_{method}", demo.is_trained(cfg)):
-            weights = demo.train(cfg)
+        cfg = SYNTHETIC_VIS.method_cfg(method, CONFIG_DIR, os.path.join(out, method),
+                                       iters=args.iters, weights=vis_weights,
+                                       train_sets=train_sets, extra=run.extra)
+        weights = run.train(cfg, f"train_{method}")
         models[method] = (cfg, weights)
-        sets = [n for c in args.train_codecs for n in test_pairs[c]]
-        cache = os.path.join(out, method, "eval.json")
-        with times.step(f"eval_{method}", demo.is_evaluated(sets, cache)):
-            res = demo.evaluate(cfg, weights, sets, cache)
+        res = run.evaluate(cfg, weights, [n for c in args.train_codecs for n in test_pairs[c]],
+                           f"eval_{method}")
         meta = {"iters": args.iters, "trained_on": list(args.train_codecs)}
-        method_curves += [vis_curve(res, c, method, qualities_of(c), test_pairs[c], meta=meta)
+        method_curves += [vis_curve(res, c, method, test_pairs[c], meta=meta)
                           for c in args.train_codecs]
 
     transvfc_curves, transvfc_models = [], []
     if args.lambdas:
         logger.info("[5/7] TransVFC at lambda_R %s", args.lambdas)
-        stage1 = tvfc.train_stage1(out, args.lambdas, args.stage1_iters, args.finetune_iters,
-                                   detector, extra, times)
-        transvfc_models = tvfc.train_stage2(out, TASK, stage1, args.stage2_iters, networks,
-                                            extra, times)
+        stage1 = train_stage1(run, args.lambdas, args.stage1_iters, args.finetune_iters, detector)
+        transvfc_models = train_stage2(run, TASK, stage1, args.stage2_iters, {TASK: vis_weights})
         meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
                 "stage2_iters": args.stage2_iters}
-        transvfc_curves.append(tvfc.transvfc_curve(TASK, transvfc_models, args.test_set, meta,
-                                                   times, step_suffix="_test"))
+        transvfc_curves.append(transvfc_curve(run, TASK, transvfc_models, args.test_set, meta,
+                                              step_suffix="_test"))
 
     # Conditions on --condition-set, next to the same set undegraded (the clean reference).
     condition_curves, condition_clean = [], {}
@@ -203,8 +191,8 @@ def main(argv=None):
         condition_clean[cond], curves = direct_test(dataset, pairs, task, f"eval_direct_{cond}")
         condition_curves += curves
         if transvfc_models:
-            condition_curves.append(tvfc.transvfc_curve(
-                TASK, transvfc_models, dataset, {"condition": cond}, times,
+            condition_curves.append(transvfc_curve(
+                run, TASK, transvfc_models, dataset, {"condition": cond},
                 step_suffix="" if cond == CLEAN else f"_{cond}", curve_task=task))
 
     logger.info("[7/7] reports")
@@ -218,25 +206,24 @@ def main(argv=None):
               + (f"; on those of {args.condition_set}: " + ", ".join(
                   f"{c} {v:.1f}" for c, v in condition_clean.items()) if condition_clean else "")
               + ".", ""]
-    common += demo.strongest_point_lines(direct_curves, clean_ap)
-    timing = (times.line() + " (each step timed in the run that did it; total = their sum)")
+    common += strongest_point_lines(direct_curves, clean_ap, ANCHOR_METHOD)
     reports = []
     cdre_curves = [c for c in direct_curves if c.codec in args.train_codecs] + method_curves
     anchors = {c.codec: c for c in direct_curves}
     if method_curves:
         cdre_dir = os.path.join(out, "cdre")
-        figure_lines = demo.write_figures(cdre_dir, {
-            c: demo.figure_rows(c, models, anchors[c], test_pairs[c], args.test_set)
+        figure_lines = write_figures(cdre_dir, {
+            c: figure_rows(c, models, anchors[c], test_pairs[c], args.test_set)
             for c in args.train_codecs}, args.test_set, times, step="figures_cdre")
         lines = common + ["", f"full_ft / ours / ours_fd: {args.iters} iterations each from the "
                           f"VIS network on pooled {' + '.join(args.train_codecs)} training clips at "
                           f"CRF {', '.join(f'{q:g}' for q in args.train_qualities)}; ours / ours_fd "
                           "with CDRE's lambda 4.0 (VIS).", "",
                           f"{METRIC} @ bpp per quality point (CDRE side-stream bpp in brackets, "
-                          "included in bpp):", "", demo.points_table(cdre_curves), ""]
-        lines += figure_lines + ["", timing]
-        reports.append(demo.write_report(
-            cdre_curves, anchor_per_codec=demo.ANCHOR_METHOD, output_dir=cdre_dir,
+                          "included in bpp):", "", points_table(cdre_curves), ""]
+        lines += figure_lines + ["", times.line()]
+        reports.append(write_report(
+            cdre_curves, anchor_per_codec=ANCHOR_METHOD, output_dir=cdre_dir,
             title="Video instance segmentation: CDRE and fine-tuning vs the direct test "
                   "(synthetic VIS)", preamble="\n".join(lines)))
     if transvfc_curves or condition_curves:
@@ -248,18 +235,19 @@ def main(argv=None):
                           "before any codec (low light: Y x 0.3; noise: sigma 25), models "
                           "unchanged.", "",
                           "BD values of TransVFC against each pixel codec (pchip):", ""]
-        lines += tvfc.bd_table(curves, args.codecs)
-        lines += ["", "Points (quality = CRF, QP or lambda_R):", ""] + tvfc.points_lines(curves)
+        lines += bd_table(curves, TRANSVFC, args.codecs)
+        lines += ["", "Points (quality = CRF, QP or lambda_R):", "",
+              points_table(curves, by_quality=False)]
         if transvfc_curves:
-            direct = {demo.ANCHOR_METHOD: models[demo.ANCHOR_METHOD]}
-            rows = tvfc.figure_rows_vs_pixels(transvfc_models, transvfc_curves[0], direct,
-                                              anchors, test_pairs, args.test_set)
-            lines += [""] + demo.write_figures(
-                os.path.join(out, "transvfc"), {tvfc.TRANSVFC: rows}, args.test_set, times,
+            direct = {ANCHOR_METHOD: models[ANCHOR_METHOD]}
+            rows = figure_rows_vs_pixels(transvfc_models, transvfc_curves[0], direct,
+                                         anchors, test_pairs, args.test_set)
+            lines += [""] + write_figures(
+                os.path.join(out, "transvfc"), {TRANSVFC: rows}, args.test_set, times,
                 step="figures_transvfc")
-        lines += ["", timing]
+        lines += ["", times.line()]
         anchor_codec = "x265" if "x265" in args.codecs else args.codecs[0]
-        anchor = {c.task: f"{anchor_codec}/{demo.ANCHOR_METHOD}" for c in curves}
+        anchor = {c.task: f"{anchor_codec}/{ANCHOR_METHOD}" for c in curves}
         reports.append(write_report(
             curves, anchor=anchor, output_dir=os.path.join(out, "transvfc"), plot_by="task",
             title="Video instance segmentation: TransVFC vs pixel codecs (synthetic VIS)",

@@ -1,27 +1,24 @@
-"""Pure helpers of benchmarks/transvfc_rate_task.py (the benchmark itself is a slow run)."""
+"""TransVFC's pipeline steps (vcm_d2.pipeline.transvfc) and benchmarks/seed_spread.py (the
+benchmarks themselves are slow runs)."""
 import importlib.util
 import os
 import sys
 
 import pytest
+import torch
+
+from vcm_d2.pipeline import transvfc as bench
+from vcm_d2.pipeline.run import Run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "configs", "synthetic")
 
 
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "transvfc_rate_task", os.path.join(REPO, "benchmarks", "transvfc_rate_task.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(os.path.join(REPO, "benchmarks"))
+def _run(tmp_path):
+    return Run(str(tmp_path), CONFIG_DIR, threads=torch.get_num_threads())
 
 
-def test_scaled_stage_ends_keep_table1_proportions(bench):
+def test_scaled_stage_ends_keep_table1_proportions():
     table1 = [167, 333, 667, 833, 1000]
     assert bench.scaled_stage_ends(table1, 1000) == table1
     assert bench.scaled_stage_ends(table1, 300) == [50, 100, 200, 250, 300]
@@ -30,25 +27,26 @@ def test_scaled_stage_ends_keep_table1_proportions(bench):
         bench.scaled_stage_ends(table1, 4)
 
 
-def test_stage_configs_chain_and_keep_the_stream_identity(bench, tmp_path):
-    s1 = bench.stage1_cfg(str(tmp_path), 4, 300, "prev.pth", [])
+def test_stage_configs_chain_and_keep_the_stream_identity(tmp_path):
+    run = _run(tmp_path)
+    s1 = bench.stage1_cfg(run, 4, 300, "prev.pth")
     assert (s1.SOLVER.MAX_ITER, list(s1.MODEL.VCM.TRANSVFC.STAGE_ENDS)) == (300, [50, 100, 200, 250, 300])
     assert s1.MODEL.WEIGHTS == "prev.pth" and s1.MODEL.VCM.TRANSVFC.LAMBDA_R == 4
     networks = {"semseg": "seg.pth", "vis": "vis.pth"}
-    s2 = bench.stage2_cfg(str(tmp_path), "semseg", s1, 100, networks, [])
+    s2 = bench.stage2_cfg(run, "semseg", s1, 100, networks)
     T = s2.MODEL.VCM.TRANSVFC
     assert (T.MODEL_ID, T.QUALITY_INDEX, T.TRAIN_STAGE) == (s1.MODEL.VCM.TRANSVFC.MODEL_ID, 4, "fst")
     assert T.TASK.SEM_SEG.WEIGHTS == "seg.pth"
     assert s2.MODEL.WEIGHTS == os.path.join(s1.OUTPUT_DIR, "model_final.pth")
     # the stage-2 config's lr drop at 3/4 of its run, scaled to 100 iterations
     assert (s2.SOLVER.MAX_ITER, tuple(s2.SOLVER.STEPS)) == (100, (75,))
-    pixels = bench.pixel_cfg(str(tmp_path), "detection", networks, [])
+    pixels = bench.pixel_cfg(run, "detection", networks)
     assert pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"
     # VIS: TransVFC inside the video model, the VIS network as its instance-segmentation tail
-    vis = bench.stage2_cfg(str(tmp_path), "vis", s1, 100, networks, [])
+    vis = bench.stage2_cfg(run, "vis", s1, 100, networks)
     assert vis.MODEL.META_ARCHITECTURE == "VideoInstanceSegmentor"
     assert vis.MODEL.VCM.TRANSVFC.TASK.INSTANCE_SEG.WEIGHTS == "vis.pth"
-    vis_pixels = bench.pixel_cfg(str(tmp_path), "vis", networks, [])
+    vis_pixels = bench.pixel_cfg(run, "vis", networks)
     assert vis_pixels.MODEL.VCM.VIS.DETECTOR == "TransVFC"
     assert vis_pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"
 

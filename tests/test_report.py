@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from vcm_d2.evaluation.bdrate import bd_metric, bd_rate
-from vcm_d2.evaluation.results import (BD_METRIC_FMT, BD_RATE_FMT, RateTaskCurve, load_curve,
-                                       load_curves, save_curve, write_report)
+from vcm_d2.evaluation.report import BD_METRIC_FMT, BD_RATE_FMT, bd_cells, write_report
+from vcm_d2.evaluation.results import RateTaskCurve, load_curve, load_curves, save_curve
 
 BPP = [0.05, 0.1, 0.2, 0.4]
 
@@ -164,3 +164,14 @@ def test_cli(tmp_path, curves, capsys):
         tool.anchors_by_task(["seg=b"], {"det", "seg"})
     with pytest.raises(ValueError, match="no task 'depth'"):
         tool.anchors_by_task(["depth=b"], {"det"})
+
+
+def test_bd_cells_format_values_and_explain_what_is_undefined(curves):
+    x264, x265 = _by_name(curves, "x264/direct"), _by_name(curves, "x265/direct")
+    (rate, metric), notes = bd_cells(x264, x265)
+    assert rate == BD_RATE_FMT.format(-30.0) and float(metric) > 0 and notes == []
+    # disjoint rate and metric ranges: both values undefined, each with its reason
+    far = _curve("vvc", "direct", [b * 100 for b in BPP], [50.0, 58.0, 64.0, 68.0])
+    (rate, metric), notes = bd_cells(x264, far)
+    assert (rate, metric) == ("n/a", "n/a")
+    assert [n.split(":")[0] for n in notes] == ["bd_rate", "bd_metric"]

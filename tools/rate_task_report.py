@@ -7,13 +7,15 @@
     python tools/rate_task_report.py results/ --anchor-per-codec direct --log-x
 
 Writes OUTPUT/report.md and OUTPUT/curve_<task>_<codec>.png. The logic lives in
-``vcm_d2.evaluation.results.write_report``; result files are described there.
+``vcm_d2.evaluation.report.write_report``; result files are described in
+``vcm_d2.evaluation.results``.
 """
 import argparse
 import sys
 
 from vcm_d2.evaluation.bdrate import METHODS, MIN_OVERLAP, NON_MONOTONIC_POLICIES
-from vcm_d2.evaluation.results import load_curves, write_report
+from vcm_d2.evaluation.report import write_report
+from vcm_d2.evaluation.results import load_curves
 
 DEFAULT_OUTPUT = "output/rate_task_report"
 

@@ -4,8 +4,10 @@
 * ``draw_sem_seg``: a label map blended over a frame;
 * ``side_by_side`` / ``add_caption``: two frames next to each other, a text line under a frame.
 
-Drawing uses PIL, not detectron2's ``Visualizer`` / ``VideoVisualizer``: those import OpenCV,
-which this project does not depend on. The look follows them: detectron2's colormap, masks
+Drawing uses PIL, not detectron2's ``Visualizer`` / ``VideoVisualizer`` (which the report
+figures use): the tools write their videos with PyAV (H.264 at a chosen CRF, which OpenCV's
+``VideoWriter`` cannot write), so frames stay numpy/PIL from decode to encode. The look
+follows detectron2's: detectron2's colormap, masks
 and label maps blended at half opacity, boxes, "class score%" labels, and for tracked
 instances (the ``ID`` field of detectron2's trackers) one colour per track, as
 ``VideoVisualizer`` keeps it.

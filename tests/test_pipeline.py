@@ -1,0 +1,183 @@
+"""The rate-task pipeline's library parts (vcm_d2.pipeline): resumable steps, method configs,
+curves and report tables. The pipeline end to end is in tests/test_demo.py."""
+import json
+import os
+
+import pytest
+import torch
+
+from vcm_d2.pipeline import run as steps
+from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION, MethodTable
+from vcm_d2.pipeline.report import curve_from, points_table, relative_loss, strongest_point_lines
+from vcm_d2.pipeline.run import RUN_RECORD_FILE, Run, StepTimes
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                          "synthetic")
+CLEAN_CONFIG = os.path.join(CONFIG_DIR, SYNTHETIC_DETECTION.clean)
+
+
+def _result(ap, bpp, side=0.0):
+    return {"bbox": {"AP": ap}, "rate": {"bpp": bpp, "side_bpp": side, "frames": 96}}
+
+
+def _curve(results, codec, method, qualities, names, meta=None):
+    return curve_from(results, codec, method, qualities, names, meta, task="detection",
+                      result_key="bbox", metric="AP")
+
+
+def _method_cfg(method, output_dir, **kwargs):
+    return SYNTHETIC_DETECTION.method_cfg(method, CONFIG_DIR, output_dir, **kwargs)
+
+
+def test_curve_from_takes_ap_bpp_and_side_bpp():
+    results = {"a": _result(20.0, 0.5, 0.01), "b": _result(10.0, 0.2, 0.01)}
+    curve = _curve(results, "x264", "ours", [17, 27], ["a", "b"], meta={"iters": 3})
+    assert curve.name == "x264/ours" and curve.method == "ours" and curve.codec == "x264"
+    assert [p["bpp"] for p in curve.points] == [0.5, 0.2]
+    assert [p["metric"] for p in curve.points] == [20.0, 10.0]
+    assert all(p["side_bpp"] == 0.01 for p in curve.points)
+    assert curve.meta == {"iters": 3}
+
+
+def test_curve_from_rejects_missing_rate_and_length_mismatch():
+    with pytest.raises(ValueError, match="no bpp"):
+        _curve({"a": {"bbox": {"AP": 1.0}, "rate": {"side_bpp": 0.0}}}, "x264", "direct", [17], ["a"])
+    with pytest.raises(ValueError, match="qualities"):
+        _curve({"a": _result(1.0, 0.1)}, "x264", "direct", [17, 22], ["a"])
+
+
+def test_strongest_point_is_the_lowest_rate_of_the_anchor():
+    res = {"a": _result(24.0, 0.6), "b": _result(12.0, 0.1)}
+    curves = [_curve(res, "x264", "direct", [17, 32], ["a", "b"]),
+              _curve(res, "x264", "ours", [17, 32], ["a", "b"])]
+    lines = strongest_point_lines(curves, 30.0, "direct")
+    assert len(lines) == 1  # only the anchor method
+    assert "q32" in lines[0] and "60.0% relative AP loss" in lines[0]
+    with pytest.raises(ValueError):
+        relative_loss(0.0, 1.0)
+    # an untrained network (uncompressed AP 0) still gets its report
+    assert "no relative loss" in strongest_point_lines(curves, 0.0, "direct")[0]
+
+
+def test_points_table_has_a_cell_per_quality():
+    res = {"a": _result(24.0, 0.6, 0.013), "b": _result(12.0, 0.1)}
+    curves = [_curve(res, "x265", "ours", [17, 32], ["a", "b"]),
+              _curve({"a": res["a"]}, "x264", "direct", [17], ["a"])]
+    table = points_table(curves).splitlines()
+    assert table[0] == "| curve | q17 | q32 |"
+    x264 = next(line for line in table if line.startswith("| x264/direct"))
+    assert x264.endswith("| - |")  # no q32 point
+    x265 = next(line for line in table if line.startswith("| x265/ours"))
+    assert "24.0 @ 0.6000 (0.0130)" in x265 and "12.0 @ 0.1000 |" in x265
+
+
+def test_method_cfg_applies_schedule_data_and_weights(tmp_path):
+    cfg = _method_cfg("ours", str(tmp_path), iters=40, weights="clean.pth",
+                          train_sets=["a@x264_q17", "a@x265_q17"])
+    assert cfg.MODEL.META_ARCHITECTURE == "CDRERCNN"
+    assert cfg.VCM.PAIRS.LOAD_ORIGINAL
+    assert cfg.SOLVER.MAX_ITER == 40 and tuple(cfg.SOLVER.STEPS) == (30,)
+    assert tuple(cfg.DATASETS.TRAIN) == ("a@x264_q17", "a@x265_q17")
+    assert cfg.MODEL.WEIGHTS == "clean.pth" and cfg.OUTPUT_DIR == str(tmp_path)
+    fd = _method_cfg("ours_fd", str(tmp_path), iters=40, weights="w", train_sets=["a"])
+    assert list(fd.MODEL.VCM.TRAINABLE) == ["cdre_encoder", "backbone.bottom_up.cdre"]
+    head = _method_cfg("head_ft", str(tmp_path), iters=40, weights="w", train_sets=["a"])
+    assert list(head.MODEL.VCM.FREEZE) == ["backbone"] and head.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    with pytest.raises(ValueError, match="unknown method"):
+        _method_cfg("nope", str(tmp_path), iters=1, weights="w", train_sets=["a"])
+    with pytest.raises(ValueError, match="iterations"):
+        _method_cfg("ours", str(tmp_path), iters=0, weights="w", train_sets=["a"])
+    with pytest.raises(ValueError, match="no training sets"):
+        _method_cfg("ours", str(tmp_path), iters=1, weights="w", train_sets=[])
+
+
+def test_evaluate_returns_cached_results_without_building_a_model(tmp_path):
+    cache = tmp_path / "eval.json"
+    cache.write_text(json.dumps({"a": _result(5.0, 0.1), "b": _result(6.0, 0.2)}))
+    # cfg None would fail if a model were built: everything must come from the cache
+    out = steps.evaluate(None, "missing.pth", ["b", "a"], str(cache))
+    assert list(out) == ["b", "a"] and out["a"]["bbox"]["AP"] == 5.0
+
+
+def test_train_skips_a_finished_run(tmp_path):
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path))
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    assert not (tmp_path / "metrics.json").exists()  # no trainer was run
+
+
+def test_train_refuses_a_finished_run_made_with_other_settings(tmp_path):
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 5])
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    record = {"max_iter": 5, "weights": "", "train_sets": list(cfg.DATASETS.TRAIN), "seed": cfg.SEED}
+    (tmp_path / RUN_RECORD_FILE).write_text(json.dumps(record))
+    assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    other = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 7])
+    with pytest.raises(ValueError, match="delete that folder"):
+        steps.train(other)
+
+
+def test_step_times_keep_the_time_of_the_run_that_did_the_step(tmp_path):
+    path = str(tmp_path / "timings.json")
+    times = StepTimes(path)
+    with times.step("train", done_before=False):
+        pass
+    assert "train" in times.times
+    with open(path) as f:
+        stored = json.load(f)
+    stored["train"] = 123.0
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    resumed = StepTimes(path)
+    with resumed.step("train", done_before=True):  # skipped: keeps 123 s
+        pass
+    with resumed.step("eval", done_before=True):  # never timed: not listed
+        pass
+    assert resumed.times == {"train": 123.0}
+    assert resumed.line().startswith("Timings (s): train 123, total 123 (")
+
+
+def test_is_evaluated_and_is_trained(tmp_path):
+    cache = tmp_path / "eval.json"
+    assert not steps.is_evaluated(["a"], str(cache))
+    cache.write_text(json.dumps({"a": _result(1.0, 0.1)}))
+    assert steps.is_evaluated(["a"], str(cache)) and not steps.is_evaluated(["a", "b"], str(cache))
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path))
+    assert not steps.is_trained(cfg)
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    assert steps.is_trained(cfg)
+
+
+def test_train_records_what_it_trained(tmp_path):
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), [
+        "SOLVER.MAX_ITER", 1, "SOLVER.IMS_PER_BATCH", 1, "SOLVER.CHECKPOINT_PERIOD", 10])
+    assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    record = json.loads((tmp_path / RUN_RECORD_FILE).read_text())
+    assert record == {"max_iter": 1, "weights": "", "train_sets": list(cfg.DATASETS.TRAIN),
+                      "seed": cfg.SEED}
+    assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")  # reused
+
+
+
+
+def test_step_times_of_two_runs_sharing_a_folder_are_merged(tmp_path):
+    path = str(tmp_path / "timings.json")
+    a, b = StepTimes(path), StepTimes(path)  # both loaded the empty file
+    with a.step("train", False):
+        pass
+    with b.step("stage1", False):
+        pass
+    with a.step("eval", False):
+        pass
+    assert set(json.loads(open(path).read())) == {"train", "stage1", "eval"}
+    assert "stage1" in a.line() and "eval" in b.line()
+
+
+def test_points_table_of_curves_on_different_quality_scales():
+    res = {"a": _result(24.0, 0.6), "b": _result(12.0, 0.1), "c": _result(20.0, 0.05, 0.01)}
+    curves = [_curve(res, "x264", "direct", [17, 32], ["a", "b"]),
+              _curve(res, "transvfc", "fst", [256, 32], ["c", "b"])]
+    table = points_table(curves, by_quality=False).splitlines()
+    assert table[0] == "| task | curve | quality: metric @ bpp |"
+    row = next(line for line in table if "transvfc/fst" in line)
+    assert row.endswith("| 256: 20.0 @ 0.0500 (0.0100); 32: 12.0 @ 0.1000 |")  # rate order

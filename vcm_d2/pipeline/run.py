@@ -1,0 +1,246 @@
+"""The resumable steps of a rate-task run: compress, train, evaluate, each skipped when its
+output exists, and the time each step took.
+
+A run owns one output folder. Models are trained into ``<folder>/model_final.pth`` with a record
+of what they were trained with (a resumed run refuses a model trained otherwise); evaluation
+results are cached per dataset in a JSON file; step times are kept across resumed runs.
+"""
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from ..data.pairs import MANIFEST_FILENAME, pair_dataset_name, register_pair_dataset
+from ..engine import VCMTrainer, get_vcm_cfg
+from ..engine.compress import compress_dataset, output_dir_for
+from ..utils.io import atomic_write_json
+
+__all__ = [
+    "EVAL_CACHE_FILE", "RUN_RECORD_FILE", "Run", "StepTimes", "TIMINGS_FILE", "compress_pairs",
+    "evaluate", "is_compressed", "is_evaluated", "is_trained", "load_json", "model_cfg",
+    "register_joined_pairs", "start_run", "timing_line", "train",
+]
+
+logger = logging.getLogger(__name__)
+
+TIMINGS_FILE = "timings.json"
+# Written next to model_final.pth: what the model was trained with (see ``train``).
+RUN_RECORD_FILE = "vcm_run.json"
+FINAL_WEIGHTS = "model_final.pth"
+# Evaluation results of a model, per dataset, next to its weights.
+EVAL_CACHE_FILE = "eval.json"
+
+
+def load_json(path: str) -> Dict:
+    """The JSON object in ``path``, or {} when there is no such file."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def start_run(output: str, threads: int = 0) -> str:
+    """Loggers, the output folder (returned as an absolute path) and torch threads (0: all
+    cores) of a pipeline run."""
+    setup_logger(name="detectron2")
+    setup_logger(name="vcm_d2")
+    out = os.path.abspath(output)
+    os.makedirs(out, exist_ok=True)
+    torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+    return out
+
+
+def timing_line(timings: Mapping[str, float]) -> str:
+    return "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+
+
+class StepTimes:
+    """Seconds per pipeline step, kept in a JSON file across resumed runs: a step that is
+    skipped because it was already done keeps the time of the run that did it (and is not
+    listed if that run was not timed). Each write merges with what the file holds then, so
+    runs sharing an output folder (e.g. the VIS and TransVFC benchmarks) keep each other's."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.times: Dict[str, float] = load_json(path)
+
+    @contextlib.contextmanager
+    def step(self, name: str, done_before: bool):
+        start = time.time()
+        yield
+        if not done_before:
+            self.times = {**load_json(self.path), **self.times, name: time.time() - start}
+            atomic_write_json(self.path, self.times)
+
+    def line(self) -> str:
+        """The report's timing line: every step and their sum."""
+        self.times = {**load_json(self.path), **self.times}
+        total = sum(self.times.values())
+        return (timing_line({**self.times, "total": total})
+                + " (each step timed in the run that did it; total = their sum)")
+
+
+# ----------------------------------------------------------------------------- done checks
+def is_trained(cfg) -> bool:
+    return os.path.exists(os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS))
+
+
+def is_evaluated(datasets: Sequence[str], cache_file: str) -> bool:
+    cache = load_json(cache_file)
+    return all(d in cache for d in datasets)
+
+
+def is_compressed(splits: Sequence[str], codecs: Sequence[str], qualities: Sequence[float],
+                  root: str) -> bool:
+    return all(os.path.exists(os.path.join(output_dir_for(root, s, c, q), MANIFEST_FILENAME))
+               for s in splits for c in codecs for q in qualities)
+
+
+# ----------------------------------------------------------------------------- steps
+def _run_record(cfg) -> Dict:
+    """What identifies a finished training for reuse by a resumed run."""
+    return {"max_iter": int(cfg.SOLVER.MAX_ITER), "weights": cfg.MODEL.WEIGHTS,
+            "train_sets": list(cfg.DATASETS.TRAIN), "seed": int(cfg.SEED)}
+
+
+def train(cfg) -> str:
+    """Train unless OUTPUT_DIR already holds model_final.pth; return its path.
+
+    RNGs are seeded from cfg.SEED right before training (< 0: random), so a run does not
+    depend on what was trained before it in the same process. detectron2's trainer evaluates
+    DATASETS.TEST after the last iteration; the pipeline evaluates separately (with caching), so
+    that set is emptied here to save the time."""
+    final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
+    record_path = os.path.join(cfg.OUTPUT_DIR, RUN_RECORD_FILE)
+    record = _run_record(cfg)
+    if os.path.exists(final):
+        done = load_json(record_path)
+        if not done:
+            logger.warning(f"{final} exists without {RUN_RECORD_FILE}: reused as is (it cannot "
+                           "be checked against iterations, initial weights and training sets)")
+        elif done != record:
+            raise ValueError(f"{cfg.OUTPUT_DIR} holds a model trained with {done}, this run asks "
+                             f"for {record}: delete that folder or use another output folder")
+        logger.info(f"[skip] {final} exists")
+        return final
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.TEST = ()
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
+    trainer = VCMTrainer(cfg)
+    trainer.resume_or_load(resume=True)  # picks up an interrupted run's last checkpoint
+    trainer.train()
+    atomic_write_json(record_path, record)
+    return final
+
+
+def evaluate(cfg, weights: str, datasets: Sequence[str], cache_file: str) -> Dict[str, Dict]:
+    """Task metric + rate of ``weights`` on each dataset; cached in ``cache_file`` (JSON), so
+    only datasets missing from the cache are evaluated."""
+    cache = load_json(cache_file)
+    todo = [d for d in datasets if d not in cache]
+    if todo:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = weights
+        cfg.DATASETS.TEST = tuple(todo)
+        cfg.freeze()
+        model = VCMTrainer.build_model(cfg)
+        DetectionCheckpointer(model).load(weights)
+        results = VCMTrainer.test(cfg, model)
+        if len(todo) == 1:  # detectron2 unwraps single-dataset results
+            results = {todo[0]: results}
+        for name in todo:
+            cache[name] = json.loads(json.dumps(results[name], default=float))
+        atomic_write_json(cache_file, cache)
+    return {d: cache[d] for d in datasets}
+
+
+def compress_pairs(splits: Sequence[str], codecs: Sequence[str], qualities: Sequence[float],
+                   root: str, codec_options: Mapping, workers: int) -> Dict:
+    """Compress (resumably) and register every (split, codec, quality) pair dataset;
+    returns {(split, codec): [pair dataset names in ``qualities`` order]}."""
+    names = {}
+    for split in splits:
+        for codec in codecs:
+            manifests = compress_dataset(split, codec, qualities, root,
+                                         codec_options=dict(codec_options), workers=workers)
+            names[split, codec] = []
+            for q in qualities:
+                name = pair_dataset_name(split, codec, q)
+                register_pair_dataset(name, manifests[q], split)
+                names[split, codec].append(name)
+    return names
+
+
+def register_joined_pairs(root: str, frame_set: str, target_set: str, codec: str,
+                          qualities: Sequence[float]) -> list:
+    """Pair datasets of ``target_set`` from the manifests of ``frame_set`` (a split holding the
+    same frames, e.g. its semantic or video version): compressed once, registered for both."""
+    names = []
+    for q in qualities:
+        manifest = os.path.join(output_dir_for(root, frame_set, codec, q), MANIFEST_FILENAME)
+        name = pair_dataset_name(target_set, codec, q)
+        register_pair_dataset(name, manifest, target_set)
+        names.append(name)
+    return names
+
+
+# ----------------------------------------------------------------------------- a run
+def model_cfg(config_file: str, output_dir: str, opts: Sequence = ()):
+    """Config from ``config_file`` + ``opts`` overrides (KEY, VALUE, ...), writing to
+    ``output_dir``."""
+    cfg = get_vcm_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.OUTPUT_DIR = output_dir
+    return cfg
+
+
+class Run:
+    """One resumable run in an output folder: configs read from ``config_dir`` (an argument:
+    ``configs/synthetic`` of this repository, or a user's folder), the overrides ``extra`` that
+    every model of the run gets, and each step timed in ``StepTimes``."""
+
+    def __init__(self, output: str, config_dir: str, extra: Sequence = (), threads: int = 0):
+        self.out = start_run(output, threads)
+        self.config_dir = config_dir
+        self.extra = list(extra)
+        self.times = StepTimes(os.path.join(self.out, TIMINGS_FILE))
+
+    def cfg(self, config_name: str, output_dir: str, opts: Sequence = ()):
+        """``model_cfg`` of ``config_dir/config_name`` (``opts`` as given: include
+        ``self.extra`` where it belongs among them)."""
+        return model_cfg(os.path.join(self.config_dir, config_name), output_dir, opts)
+
+    def train(self, cfg, step: str) -> str:
+        with self.times.step(step, is_trained(cfg)):
+            return train(cfg)
+
+    def evaluate(self, cfg, weights: str, datasets: Sequence[str], step: str) -> Dict[str, Dict]:
+        """``evaluate`` with the results cached next to the model (cfg.OUTPUT_DIR)."""
+        cache = os.path.join(cfg.OUTPUT_DIR, EVAL_CACHE_FILE)
+        with self.times.step(step, is_evaluated(datasets, cache)):
+            return evaluate(cfg, weights, datasets, cache)
+
+    def compress(self, splits: Sequence[str], codecs: Sequence[str],
+                 qualities_of: Callable[[str], Sequence[float]], codec_options: Mapping,
+                 workers: int, step: str) -> Dict[Tuple[str, str], List[str]]:
+        """Pair datasets of every split, codec and its qualities under OUTPUT/compressed;
+        {(split, codec): [names in quality order]}."""
+        root = os.path.join(self.out, "compressed")
+        done = all(is_compressed(splits, [c], qualities_of(c), root) for c in codecs)
+        names = {}
+        with self.times.step(step, done):
+            for codec in codecs:
+                names.update(compress_pairs(splits, [codec], qualities_of(codec), root,
+                                            codec_options, workers))
+        return names
