@@ -48,8 +48,9 @@ from vcm_d2.engine import VideoPredictor
 from vcm_d2.engine.tool_setup import setup_cfg
 from vcm_d2.modeling.cdre.meta_arch import CDRERCNN
 from vcm_d2.modeling.transvfc.meta_arch import TransVFC
-from vcm_d2.modeling.vis import RATE_KEYS, VideoInstanceSegmentor
+from vcm_d2.modeling.vis import VideoInstanceSegmentor
 from vcm_d2.utils.drawing import add_caption, draw_instances, side_by_side
+from vcm_d2.utils.rate import RATE_KEYS, SIDE_BITS
 from vcm_d2.utils.video import iter_video_frames, video_frame_rate, write_mp4
 
 TOOL = "video_demo"
@@ -244,7 +245,7 @@ def main(argv=None) -> Dict[str, Any]:
         bits = codec_bits or [None] * len(originals)
         for i in tqdm(range(len(originals)), desc=TOOL, unit="frame"):
             output = predict(predictor, args.method, originals[i], seen[i], bits[i])
-            side_bits += int(output.get("side_bits", 0))
+            side_bits += int(output.get(SIDE_BITS, 0))
             yield render(originals[i], seen[i], output, i, predictor.bpp, names,
                          args.confidence_threshold)
 

@@ -37,6 +37,7 @@ from detectron2.data import (
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..utils.rate import BITS
 from .mapper import PairDatasetMapper
 
 __all__ = ["ClipDatasetMapper", "to_video_dicts", "build_clip_train_loader",
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 # keys they become.
 _VIDEO_LIST_KEYS = {"file_names": "file_name", "image_ids": "image_id",
                     "annotations": "annotations", "sem_seg_file_names": "sem_seg_file_name",
-                    "original_file_names": "original_file_name", "bits": "bits", "bpp": "bpp"}
+                    "original_file_names": "original_file_name", BITS: BITS, "bpp": "bpp"}
 # evaluator_type of datasets evaluated video by video (whole videos in inference).
 VIDEO_EVALUATOR_TYPES = ("ytvis",)
 
@@ -217,8 +218,8 @@ class ClipDatasetMapper(PairDatasetMapper):
                                   for i, f in enumerate(picked)],
                 "file_names": [f["file_name"] for f in picked],
                 "frames": out}
-        if all("bits" in f for f in picked):  # a pair dataset: the pixel codec's bits
-            clip["bits"] = [int(f["bits"]) for f in picked]
+        if all(BITS in f for f in picked):  # a pair dataset: the pixel codec's bits
+            clip[BITS] = [int(f[BITS]) for f in picked]
         return clip
 
 

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..utils.rate import BITS
+
 __all__ = [
     "MANIFEST_VERSION",
     "MANIFEST_FILENAME",
@@ -61,7 +63,7 @@ _MANIFEST_FIELDS = {
 _FRAME_FIELDS = {
     "original_file_name": str,
     "file_name": str,
-    "bits": int,
+    BITS: int,
     "bpp": (int, float),
     "height": int,
     "width": int,
@@ -160,9 +162,9 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> None:
                 f"{where}: frames[{i}].file_name {frame['file_name']!r} must be relative to the "
                 "manifest folder"
             )
-        if frame["height"] < 1 or frame["width"] < 1 or frame["bits"] < 0:
+        if frame["height"] < 1 or frame["width"] < 1 or frame[BITS] < 0:
             raise ValueError(f"{where}: frames[{i}] has invalid size or bits: {frame}")
-    frame_bits = sum(f["bits"] for f in manifest["frames"])
+    frame_bits = sum(f[BITS] for f in manifest["frames"])
     if frame_bits != manifest["total_bits"]:
         raise ValueError(
             f"{where}: total_bits {manifest['total_bits']} != sum of frame bits {frame_bits}"
@@ -216,7 +218,7 @@ def _compressed_fields(frame: dict, manifest_dir: str, original: str, where: str
                 f"{frame[key]} in the manifest (a different image with the same name?)"
             )
     path = os.path.normpath(os.path.join(manifest_dir, frame["file_name"]))
-    return path, frame["bits"], float(frame["bpp"])
+    return path, frame[BITS], float(frame["bpp"])
 
 
 def _missing_error(missing: List[str], base: str, manifest_path: str) -> ValueError:
@@ -268,7 +270,7 @@ def load_pair_dicts(manifest_path: str, base_dataset_name: str, allow_partial: b
             new = dict(record)
             new["original_file_names"] = list(record["file_names"])
             new["file_names"] = [j[0] for j in joined]
-            new["bits"] = [j[1] for j in joined]
+            new[BITS] = [j[1] for j in joined]
             new["bpp"] = [j[2] for j in joined]
         else:
             frame = index.get(record["file_name"])
@@ -279,7 +281,7 @@ def load_pair_dicts(manifest_path: str, base_dataset_name: str, allow_partial: b
             new = dict(record)
             new["original_file_name"] = record["file_name"]
             new["file_name"] = path
-            new["bits"] = bits
+            new[BITS] = bits
             new["bpp"] = bpp
         new.update(common)
         out.append(new)

@@ -43,6 +43,7 @@ from ..data.pairs import (
     relative_original_path,
 )
 from ..utils.io import atomic_write, atomic_write_bytes, atomic_write_json, remove_orphan_temp_files
+from ..utils.rate import BITS
 
 __all__ = [
     "FrameSpec",
@@ -315,7 +316,7 @@ def _make_record(seq: SequenceSpec, header: Dict[str, Any], coded, bitstream_rel
             "original_file_name": spec.original_file_name,
             "original_relpath": spec.original_relpath,
             "file_name": spec.file_name,
-            "bits": int(bits),
+            BITS: int(bits),
             "bpp": int(bits) / float(h * w),
             "height": int(h),
             "width": int(w),

@@ -31,8 +31,8 @@ from pycocotools import mask as mask_util
 
 from ..data.clip_mapper import ClipDatasetMapper, is_video_dataset, to_video_dicts
 from ..evaluation.rate_task import load_sem_seg
-from ..modeling.vis import RATE_KEYS
 from ..utils.io import atomic_write, atomic_write_json
+from ..utils.rate import BITS, RATE_KEYS
 from .trainer import VCMTrainer, frame_mapper
 
 logger = logging.getLogger(__name__)
@@ -168,10 +168,10 @@ def _rate(record: dict, output: dict, index: Optional[int]) -> Optional[float]:
         return value if index is None else value[index]
 
     bits = [at(output[k]) for k in RATE_KEYS if k in output]
-    if "bits" not in output:
-        if "bits" not in record:
+    if BITS not in output:
+        if BITS not in record:
             return None  # uncompressed
-        bits.append(record["bits"])
+        bits.append(record[BITS])
     return float(sum(bits))
 
 

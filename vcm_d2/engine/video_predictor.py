@@ -31,8 +31,9 @@ import torch
 from detectron2.engine import DefaultPredictor
 
 from ..modeling.cdre.meta_arch import ORIGINAL_KEY, SIDE_STREAM_KEY
-from ..modeling.vis import RATE_KEYS, VideoInstanceSegmentor
+from ..modeling.vis import VideoInstanceSegmentor
 from ..utils.images import bgr_to_model_input
+from ..utils.rate import BITS, RATE_KEYS
 
 __all__ = ["VideoPredictor"]
 
@@ -107,10 +108,10 @@ class VideoPredictor(DefaultPredictor):
         inputs = self._inputs(frame_bgr, original, side_stream)
         output = dict(self.network([inputs])[0])
         if bits is not None:
-            if "bits" in output:
+            if BITS in output:
                 raise ValueError("the model codes the frame itself and reports its bits; a "
                                  "frame is coded once (do not pass bits=)")
-            output["bits"] = int(bits)
+            output[BITS] = int(bits)
         if self._tracks is not None:
             output = self._tracks.add(output)
         self.total_bits += sum(int(output[k]) for k in RATE_KEYS if k in output)

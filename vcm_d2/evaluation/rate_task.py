@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from ..utils.rate import BITS, SIDE_BITS
 from .ytvis_evaluation import YTVISEvaluator
 
 
@@ -52,19 +53,19 @@ class RateTaskEvaluator(DatasetEvaluator):
         self._task.process(inputs, outputs)
         for inp, out in zip(inputs, outputs):
             frames = len(inp["file_names"]) if "file_names" in inp else 1
-            coded_by_model = isinstance(out, dict) and "bits" in out
-            if "bits" in inp and coded_by_model:
+            coded_by_model = isinstance(out, dict) and BITS in out
+            if BITS in inp and coded_by_model:
                 raise ValueError(
                     f"record {inp.get('file_name')} has 'bits' from a pixel codec and from the "
                     "model; a frame is coded once"
                 )
-            if "bits" in inp or coded_by_model:
-                self._bits += self._sum_bits(out["bits"] if coded_by_model else inp["bits"])
+            if BITS in inp or coded_by_model:
+                self._bits += self._sum_bits(out[BITS] if coded_by_model else inp[BITS])
                 self._frames_with_bits += frames
             elif self._require_bits:
                 raise ValueError(f"record {inp.get('file_name')} has no 'bits' field")
-            if isinstance(out, dict) and "side_bits" in out:
-                self._side_bits += self._sum_bits(out["side_bits"])
+            if isinstance(out, dict) and SIDE_BITS in out:
+                self._side_bits += self._sum_bits(out[SIDE_BITS])
             self._frames += frames
             self._pixels += frames * int(inp["height"]) * int(inp["width"])
 

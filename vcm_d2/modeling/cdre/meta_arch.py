@@ -32,6 +32,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
 
+from ...utils.rate import SIDE_BITS
 from .backbone import DistortionAwareBackbone, _ceil_div
 from .distortion_codec import CDREEncoderSide
 from .loss import CDRECosineLoss
@@ -42,7 +43,6 @@ __all__ = ["CDRERCNN"]
 # Keys of the per-image side information in input and output dicts.
 ORIGINAL_KEY = "original"
 SIDE_STREAM_KEY = "cdre_bits"
-SIDE_BITS_KEY = "side_bits"
 
 
 @META_ARCH_REGISTRY.register()
@@ -254,7 +254,7 @@ class CDRERCNN(GeneralizedRCNN):
             return results
         outputs = GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
         for out, stream in zip(outputs, streams):
-            out[SIDE_BITS_KEY] = side_stream_bits(stream)
+            out[SIDE_BITS] = side_stream_bits(stream)
             if self.output_side_stream:
                 out[SIDE_STREAM_KEY] = stream
         return outputs

@@ -52,6 +52,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from ...utils.rate import BITS
 from .codec import TransVFCCodec
 from .container import ParsedStream
 from .fst import FeatureSpaceTransform
@@ -409,7 +410,7 @@ class TransVFC(nn.Module):
             feature, record, bits = self.stream_coder.code_frame(
                 self.image_to_feature(image), inp.get("video_id"), inp.get("frame_idx"))
             out_size = (int(inp.get("height", size[0])), int(inp.get("width", size[1])))
-            out = {"bits": bits, "frame_type": record["type"]}
+            out = {BITS: bits, "frame_type": record["type"]}
             out.update(self.run_tasks(feature, [size], [out_size])[0])
             outputs.append(out)
         return outputs

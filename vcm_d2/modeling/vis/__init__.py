@@ -3,7 +3,7 @@ TransVFC with an instance-segmentation FST) whose detections detectron2's tracke
 tracks. ``VideoInstanceSegmentor`` is registered as a meta-architecture on import."""
 from .config import add_vis_config
 from .meta_arch import DETECTOR_PREFIX, VideoInstanceSegmentor
-from .tracks import RATE_KEYS, VideoTracks, build_tracker
+from .tracks import VideoTracks, build_tracker
 
 __all__ = ["add_vis_config", "VideoInstanceSegmentor", "DETECTOR_PREFIX", "VideoTracks",
-           "build_tracker", "RATE_KEYS"]
+           "build_tracker"]

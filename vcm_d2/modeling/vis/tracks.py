@@ -21,11 +21,9 @@ from detectron2.structures import Instances
 from detectron2.tracking import TRACKER_HEADS_REGISTRY, BaseTracker
 from pycocotools import mask as mask_util
 
-__all__ = ["VideoTracks", "build_tracker", "RATE_KEYS"]
+from ...utils.rate import RATE_KEYS
 
-# Per-frame rate keys of a frame network's output (codec bits, side-stream bits), collected
-# into per-video lists so RateTaskEvaluator counts every frame's bits.
-RATE_KEYS = ("bits", "side_bits")
+__all__ = ["VideoTracks", "build_tracker"]
 
 
 def build_tracker(name: str, height: int, width: int, **kwargs) -> BaseTracker:
@@ -93,7 +91,7 @@ class VideoTracks:
         # Tracks kept alive while lost carry an earlier frame's box and mask: not detections.
         current = _select(tracked, [c == 0 for c in tracked.lost_frame_count])
         self._collect(current)
-        for key in RATE_KEYS:
+        for key in RATE_KEYS:  # per-video lists: RateTaskEvaluator counts every frame's bits
             if key in output:
                 self._rates[key].append(int(output[key]))
         self.num_frames += 1
