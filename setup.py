@@ -17,6 +17,7 @@ setup(
     # * torch-geometric, scipy: needed by CompressAI and bjontegaard, which declare them.
     install_requires=[
         "torch",
+        "torchvision",  # torchvision.ops.StochasticDepth in the CDRE Swin wrapper
         "numpy",
         "Pillow>=7.1",
         "fvcore>=0.1.5",

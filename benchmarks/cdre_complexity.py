@@ -5,7 +5,9 @@
    one multiply-add = 1 MAC) of the CNN version at R50 widths (configs/CDRE/
    faster_rcnn_R_50_FPN_ours.yaml) at HEIGHTxWIDTH: encoder side (paper: 18K params,
    0.89K MACs/px), distortion decoder and embedding (paper: 1.61K MACs/px for the CNN
-   decoder), CDRE total (paper: 1.9M params).
+   decoder), CDRE total (paper: 1.9M params). The same for the Transformer version at Swin-T
+   widths (configs/CDRE/mask_rcnn_swin_T_FPN_ours.yaml): token decoder (paper: 0.33K
+   MACs/px), per-stage MLP and cross-attention, CDRE total (paper: 3.7M params).
 2. Decoder-side time on this CPU as a fraction of Faster R-CNN R50-FPN inference at the same
    size, all measured in one interleaved loop (median of --runs) so load changes affect every
    number alike. The CDRE model gets the plain model's weights (only the CDRE modules
@@ -36,7 +38,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
+from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone import ResNet
 from torch import nn
 
@@ -45,17 +47,20 @@ from vcm_d2.codecs import build_codec
 from vcm_d2.data.synthetic import VAL_SPEC, render_video
 from vcm_d2.engine import get_vcm_cfg
 from vcm_d2.evaluation.complexity import complexity_report, format_complexity
-from vcm_d2.modeling.cdre import decode_side_stream, encode_side_stream
+from vcm_d2.modeling.cdre import CDREEncoderSide, decode_side_stream, encode_side_stream
 from vcm_d2.modeling.cdre.side_stream import HEADER_BYTES
+from vcm_d2.modeling.cdre.swin_backbone import swin_stage_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50_CDRE_CONFIG = os.path.join(REPO, "configs", "CDRE", "faster_rcnn_R_50_FPN_ours.yaml")
 R50_PLAIN_CONFIG = os.path.join(REPO, "configs", "CDRE", "faster_rcnn_R_50_FPN_direct.yaml")
 SLIM_CDRE_CONFIG = os.path.join(REPO, "configs", "synthetic", "cdre_faster_rcnn_R18_slim_ours.yaml")
+SWIN_T_CDRE_CONFIG = os.path.join(REPO, "configs", "CDRE", "mask_rcnn_swin_T_FPN_ours.yaml")
 VAL_SET = "vcm_synth_val"
 # The paper's numbers (Sec. III-C).
 PAPER = {"encoder_params": 18e3, "encoder_macs_px": 0.89e3, "cnn_decoder_macs_px": 1.61e3,
-         "total_params": 1.9e6, "side_kbps_720p30": 20.0}
+         "total_params": 1.9e6, "side_kbps_720p30": 20.0,
+         "token_decoder_macs_px": 0.33e3, "transformer_total_params": 3.7e6}
 TIME_GOAL = 0.05  # decoder-side time / detector inference time (issue goal)
 CABAC_GOAL = 0.60  # cabac bits / raw bits (issue goal)
 # Synthetic 720p video: object sizes and motions of the 128-px benchmark scaled by the frame
@@ -144,6 +149,15 @@ def stage_inputs(resnet, x: torch.Tensor, names: Sequence[str]) -> List[torch.Te
     return [feats[n] for n in names]
 
 
+def _ceil(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def _per_stage(side) -> List[str]:
+    """Submodule names of ``Embedding(side)``'s transform and fusion of every embedded stage."""
+    return [f"side.embedding.{part}.{n}" for n in side.stage_names for part in ("transforms", "fusions")]
+
+
 def _time(fn, warmup: int, store: Dict[str, List[float]], key: str) -> None:
     with torch.no_grad():
         for _ in range(warmup):
@@ -177,9 +191,8 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
                                              submodules=["extractor", "encoder"], time_runs=0)
     rows["distortion decoder (CNN)"] = complexity_report(side.decoder, (y_hat,), num_pixels=px,
                                                          time_runs=0)
-    per_stage = [f"side.embedding.{part}.{n}" for n in side.stage_names for part in ("transforms", "fusions")]
     rows["embedding (R50 stage inputs)"] = complexity_report(Embedding(side), (d0, *feats), num_pixels=px,
-                                                             submodules=per_stage, time_runs=0)
+                                                             submodules=_per_stage(side), time_runs=0)
     rows["decoder side (decoder + embedding)"] = complexity_report(DecoderSide(side), (y_hat, *feats),
                                                                    num_pixels=px, time_runs=0)
     # FPN needs sizes divisible by its size_divisibility: pad as the model's preprocessing does.
@@ -226,6 +239,30 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
             "overhead_fraction": {k: v / base for k, v in overhead.items()},
             "side_stream_decode_fraction": ms["side-stream decode (cabac)"] / base,
             "side_stream_bytes_random_weights": len(streams[0])}
+
+
+def transformer_version(h: int, w: int) -> Dict:
+    """Part 1 for the Transformer version (eq. 7) at Swin-T widths: parameters, and MACs/px of
+    the token decoder and of the embedding on random stage tokens of the Swin-T sizes."""
+    torch.manual_seed(0)
+    cfg = _cfg(SWIN_T_CDRE_CONFIG)
+    side = build_backbone(cfg).cdre_decoder_side
+    swin = cfg.MODEL.VCM.SWIN
+    shapes = swin_stage_shapes(swin.EMBED_DIM, len(swin.DEPTHS))
+    s = side.latent_stride
+    y_hat = (torch.rand(1, side.latent_channels, _ceil(h, s), _ceil(w, s)) > 0.5).float()
+    with torch.no_grad():
+        d0 = side.decode(y_hat)
+    tokens = [torch.randn(1, _ceil(h, shapes[n].stride) * _ceil(w, shapes[n].stride), shapes[n].channels)
+              for n in side.stage_names]
+    rows = {"token decoder": complexity_report(side.decoder, (y_hat,), num_pixels=h * w, time_runs=0),
+            "embedding (Swin-T stage tokens)": complexity_report(Embedding(side), (d0, *tokens), num_pixels=h * w,
+                                                                 submodules=_per_stage(side), time_runs=0)}
+    # fvcore does not count scaled_dot_product_attention: Q K^T and A V are N x M x C MACs each.
+    attention = sum(2 * t.shape[1] * d0.shape[1] * t.shape[2] for t in tokens)
+    return {"complexity": rows, "encoder_params": sum(p.numel() for p in CDREEncoderSide(cfg).parameters()),
+            "decoder_side_params": sum(p.numel() for p in side.parameters()),
+            "attention_products_macs_px": attention / (h * w)}
 
 
 # ----------------------------------------------------------------------------- part 3
@@ -373,7 +410,29 @@ def _fmt_k(v: float) -> str:
     return f"{v / 1e3:.3g}K" if v < 1e6 else f"{v / 1e6:.3g}M"
 
 
-def report_text(args, part12: Dict, part3: Dict) -> str:
+def transformer_lines(t: Dict) -> List[str]:
+    """Report rows of ``transformer_version``."""
+    dec, emb = t["complexity"]["token decoder"], t["complexity"]["embedding (Swin-T stage tokens)"]
+
+    def part_sum(tag):
+        return sum(m.params for m in emb["modules"] if tag in m.name)
+
+    unsupported = ", ".join(sorted(emb["unsupported_ops"])) or "none"
+    return ["## Transformer version (Swin-T widths, configs/CDRE/mask_rcnn_swin_T_FPN_ours.yaml)", "",
+            "| quantity | ours | paper |", "|---|---|---|",
+            f"| encoder-side params | {_fmt_k(t['encoder_params'])} | {_fmt_k(PAPER['encoder_params'])} |",
+            f"| token decoder params / MACs/px | {_fmt_k(dec['total'].params)} / "
+            f"{_fmt_k(dec['total'].macs_per_pixel)} | - / {_fmt_k(PAPER['token_decoder_macs_px'])} |",
+            f"| embedding: per-stage MLPs params | {_fmt_k(part_sum('.transforms.'))} | - |",
+            f"| embedding: cross-attentions params | {_fmt_k(part_sum('.fusions.'))} | - |",
+            f"| embedding MACs/px (fvcore; not counted: {unsupported}) | {_fmt_k(emb['total'].macs_per_pixel)} | - |",
+            f"| + cross-attention products Q K^T, A V (MACs/px, grow with the frame size) | "
+            f"{_fmt_k(t['attention_products_macs_px'])} | - |",
+            f"| CDRE params total | {_fmt_k(t['encoder_params'] + t['decoder_side_params'])} | "
+            f"{_fmt_k(PAPER['transformer_total_params'])} |", ""]
+
+
+def report_text(args, part12: Dict, part3: Dict, transformer: Dict) -> str:
     h, w = args.height, args.width
     c = part12["complexity"]
     enc, dec, emb, side = (c["encoder side"]["total"], c["distortion decoder (CNN)"]["total"],
@@ -402,6 +461,7 @@ def report_text(args, part12: Dict, part3: Dict) -> str:
              f"{_fmt_k(c['Faster R-CNN R50-FPN backbone']['total'].macs_per_pixel)} | - |", ""]
     for name, rep in c.items():
         lines += [f"### {name}", "", format_complexity(rep)]
+    lines += transformer_lines(transformer)
     ms = part12["ms"]
     lines += [f"## Time on this CPU ({torch.get_num_threads()} threads, median of {args.runs} interleaved runs, "
               "random weights)", "", "| item | ms |", "|---|---|"]
@@ -444,17 +504,19 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     logger.info("parts 1-2: complexity and timing at %dx%d", args.width, args.height)
     part12 = complexity_and_time(args.height, args.width, args.runs, args.warmup)
+    transformer = transformer_version(args.height, args.width)
     part3 = {}
     if args.weights:
         logger.info("part 3: side stream of %s", args.weights)
         part3 = side_stream_part(args)
     else:
         logger.warning("no --weights: side-stream rate of a trained model skipped")
-    text = report_text(args, part12, part3)
-    serial = dict(part12)
-    serial["complexity"] = {k: {"total": vars(v["total"]), "modules": [vars(m) for m in v["modules"]],
-                                "unsupported_ops": v["unsupported_ops"]} for k, v in part12["complexity"].items()}
-    for path, data in ((os.path.join(out, "results.json"), json.dumps({"complexity": serial, "side_stream": part3},
+    text = report_text(args, part12, part3, transformer)
+    serial = {name: dict(part, complexity={k: {"total": vars(v["total"]), "modules": [vars(m) for m in v["modules"]],
+                                               "unsupported_ops": v["unsupported_ops"]}
+                                           for k, v in part["complexity"].items()})
+              for name, part in (("complexity", part12), ("transformer", transformer))}
+    for path, data in ((os.path.join(out, "results.json"), json.dumps(dict(serial, side_stream=part3),
                                                                         indent=1, default=float)),
                        (os.path.join(out, "report.md"), text)):
         tmp = path + ".tmp"

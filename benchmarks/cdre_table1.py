@@ -18,6 +18,10 @@ Fig. 6 (transfer): --transfer-methods trained on --transfer-train-codec only (x2
 on --transfer-codecs (x265, and VVC at --vvc-qualities, QPs chosen to span the bpp range of
 the CRF points) against the direct test there. Writes OUTPUT/fig6/report.md.
 
+Transformer row (--swin-methods): CDRE's Transformer version (eq. 7) in a tiny Swin Mask R-CNN,
+with its own clean model (--train-iters on uncompressed frames) as its direct test, trained like
+the Table I rows; box AP against that direct test. Writes OUTPUT/swin/report.md.
+
 Resumable: compression, each training (folder named by method, training codecs and
 iterations) and each evaluation are skipped when already done. To reuse `make demo`'s
 compressed frames and clean detector, copy its compressed/ and clean/ folders into OUTPUT
@@ -36,7 +40,7 @@ import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.evaluation.report import write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import ANCHOR_METHOD, Run
-from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
+from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION, SYNTHETIC_SWIN
 from vcm_d2.pipeline.rate_task import (DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
                                        DEFAULT_VVC_QUALITIES, task_metric)
 from vcm_d2.pipeline.report import (curve_from, figure_rows, points_table, strongest_point_lines,
@@ -68,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--transfer-codecs", nargs="*", default=["x265", "vvc"],
                    help="Fig. 6: test codecs (none: skip Fig. 6)")
     p.add_argument("--transfer-methods", nargs="+", default=list(TRANSFER_METHODS), choices=methods)
+    p.add_argument("--swin-methods", nargs="*", default=list(SYNTHETIC_SWIN.methods),
+                   choices=sorted(SYNTHETIC_SWIN.methods),
+                   help="Transformer-version rows (tiny Swin Mask R-CNN; none: skip them)")
     p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(DEFAULT_VVC_QUALITIES),
                    help="vvenc QPs of the vvc test sets")
     p.add_argument("--seed", type=int, default=0,
@@ -123,11 +130,12 @@ def main(argv=None):
 
     trained = {}  # label -> (cfg, weights), for the figures
 
-    def train_and_test(method, train_codecs, test, label):
+    def train_and_test(method, train_codecs, test, label, table=SYNTHETIC_DETECTION,
+                       start=clean, folder=None):
         train_sets = [n for c in train_codecs for n in pairs[TRAIN_SET, c]]
-        cfg = SYNTHETIC_DETECTION.method_cfg(
-            method, CONFIG_DIR, run_dir(out, method, train_codecs, args.iters), iters=args.iters,
-            weights=clean, train_sets=train_sets, extra=run.extra)
+        cfg = table.method_cfg(
+            method, CONFIG_DIR, run_dir(out, folder or method, train_codecs, args.iters), iters=args.iters,
+            weights=start, train_sets=train_sets, extra=run.extra)
         weights = run.train(cfg, f"train_{label}")
         trained[label] = (cfg, weights)
         res = run.evaluate(cfg, weights, [n for c in test for n in val(c)], f"eval_{label}")
@@ -147,25 +155,47 @@ def main(argv=None):
             fig6 += train_and_test(method, [args.transfer_train_codec], args.transfer_codecs,
                                    f"{method}@{args.transfer_train_codec}")
 
+    swin, swin_models, swin_ap = [], {}, None
+    if args.swin_methods:
+        logger.info("Transformer row: %s in a tiny Swin Mask R-CNN", args.swin_methods)
+        swin_cfg = SYNTHETIC_SWIN.clean_cfg(CONFIG_DIR, os.path.join(out, "swin_clean"),
+                                            ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+        swin_clean = run.train(swin_cfg, "train_swin_clean")
+        res = run.evaluate(swin_cfg, swin_clean,
+                           [VAL_SET] + [n for c in args.codecs for n in val(c)], "eval_swin_direct")
+        swin = curves(res, args.codecs, ANCHOR_METHOD)
+        swin_ap = res[VAL_SET][key][metric]
+        swin_models[ANCHOR_METHOD] = (swin_cfg, swin_clean)
+        for method in args.swin_methods:
+            label = f"swin_{method}"
+            swin += train_and_test(method, args.codecs, args.codecs, label, SYNTHETIC_SWIN,
+                                   swin_clean, folder=label)
+            swin_models[label] = trained[label]
+
     common = [f"Clean detector: uncompressed validation {metric} **{clean_ap:.1f}** "
               f"({args.train_iters} iterations). Trained methods: {args.iters} iterations each from "
               f"the clean detector. {torch.get_num_threads()} torch thread(s).", ""]
     reports = [("table1", "CDRE Table I (synthetic benchmark)", table,
                 f"Training data: pooled {' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}.",
-                args.codecs),
+                args.codecs, clean_ap),
                ("fig6", "CDRE Fig. 6: codec transfer (synthetic benchmark)", fig6,
                 f"Trained on {args.transfer_train_codec} only; tested on {', '.join(args.transfer_codecs)}.",
-                args.transfer_codecs)]
-    for folder, title, report_curves, what, codecs in reports:
+                args.transfer_codecs, clean_ap),
+               ("swin", "CDRE Transformer version (eq. 7): tiny Swin Mask R-CNN (synthetic benchmark)",
+                swin, f"Its own clean model (direct): {metric} **{swin_ap or 0:.1f}** uncompressed, "
+                f"{args.train_iters} iterations; {' / '.join(args.swin_methods)} trained from it like "
+                "the Table I rows.", args.codecs, swin_ap)]
+    for folder, title, report_curves, what, codecs, clean_metric in reports:
         if not report_curves:
             continue
         d = os.path.join(out, folder)
-        models = {ANCHOR_METHOD: (clean_cfg, clean)}
+        models = dict(swin_models) if folder == "swin" else {ANCHOR_METHOD: (clean_cfg, clean)}
         models.update((c.method, trained[c.method]) for c in report_curves if c.method in trained)
+        anchors = {c.codec: c for c in report_curves if c.method == ANCHOR_METHOD}
         figure_lines = write_figures(d, {
-            c: figure_rows(c, models, direct_curves[c], val(c), VAL_SET) for c in codecs},
+            c: figure_rows(c, models, anchors[c], val(c), VAL_SET) for c in codecs},
             VAL_SET, run.times, step=f"figures_{folder}")
-        lines = common + [what, ""] + strongest_point_lines(report_curves, clean_ap, ANCHOR_METHOD) + [
+        lines = common + [what, ""] + strongest_point_lines(report_curves, clean_metric, ANCHOR_METHOD) + [
             "", f"{metric} @ bpp per quality point (CDRE side-stream bpp in brackets, included in bpp):",
             "", points_table(report_curves), ""] + figure_lines + ["", run.times.line()]
         for curve in report_curves:

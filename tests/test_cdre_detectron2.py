@@ -36,6 +36,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 SLIM_PLAIN = os.path.join(CONFIGS, "synthetic", "faster_rcnn_R18_slim.yaml")
 SLIM_OURS = os.path.join(CONFIGS, "synthetic", "cdre_faster_rcnn_R18_slim_ours.yaml")
+# The Transformer version (eq. 7) in a tiny Swin Mask R-CNN, and its plain detector.
+SWIN_PLAIN = os.path.join(CONFIGS, "synthetic", "cdre_mask_rcnn_swin_tiny_slim_direct.yaml")
+SWIN_OURS = os.path.join(CONFIGS, "synthetic", "cdre_mask_rcnn_swin_tiny_slim_ours.yaml")
+# (plain, CDRE) config pairs of the CNN and the Transformer version.
+PAIRS = {"R18": (SLIM_PLAIN, SLIM_OURS), "swin": (SWIN_PLAIN, SWIN_OURS)}
 # Parameter-name prefixes of the CDRE modules (FPN models; C4 models use "backbone.cdre").
 CDRE_PREFIXES_FPN = ("cdre_encoder.", "backbone.bottom_up.cdre.")
 CDRE_PREFIXES_C4 = ("cdre_encoder.", "backbone.cdre.")
@@ -115,27 +120,41 @@ def _assert_same_predictions(a, b):
         assert torch.equal(ia.pred_boxes.tensor, ib.pred_boxes.tensor)
         assert torch.equal(ia.scores, ib.scores)
         assert torch.equal(ia.pred_classes, ib.pred_classes)
+        assert ia.has("pred_masks") == ib.has("pred_masks")
+        if ia.has("pred_masks"):
+            assert torch.equal(ia.pred_masks, ib.pred_masks)
 
 
-@pytest.fixture(scope="module")
-def slim_pair():
-    """(plain slim detector, CDRE slim detector with the plain weights), both in eval mode."""
+def _plain_and_cdre(plain_path, cdre_path, *opts):
+    """(plain detector, CDRE detector with the plain weights), both in eval mode."""
     torch.manual_seed(0)
-    plain = VCMTrainer.build_model(_cfg(SLIM_PLAIN)).eval()
-    cdre = VCMTrainer.build_model(_cfg(SLIM_OURS, "MODEL.VCM.CDRE.OUTPUT_SIDE_STREAM", True)).eval()
+    plain = VCMTrainer.build_model(_cfg(plain_path)).eval()
+    cdre = VCMTrainer.build_model(_cfg(cdre_path, *opts)).eval()
     missing, unexpected = cdre.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(_is_cdre(k) for k in missing)
     return plain, cdre
 
 
+@pytest.fixture(scope="module")
+def slim_pair():
+    """The slim R18 pair, CDRE with OUTPUT_SIDE_STREAM."""
+    return _plain_and_cdre(SLIM_PLAIN, SLIM_OURS, "MODEL.VCM.CDRE.OUTPUT_SIDE_STREAM", True)
+
+
 # ---------------------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize("task", ["faster", "keypoint", "mask"])
-def test_r50_fpn_coco_checkpoint_loads_with_only_cdre_missing(task, tmp_path):
+# First parameter of each bottom-up network, as detectron2 names it.
+BOTTOM_UP_FIRST = {"R_50": "backbone.bottom_up.stem.conv1.weight",
+                   "swin_T": "backbone.bottom_up.patch_embed.proj.weight"}
+
+
+@pytest.mark.parametrize("model_name", ["faster_rcnn_R_50", "keypoint_rcnn_R_50", "mask_rcnn_R_50", "mask_rcnn_swin_T"])
+def test_coco_checkpoint_loads_with_only_cdre_missing(model_name, tmp_path):
     torch.manual_seed(0)
-    plain = VCMTrainer.build_model(_cfg(os.path.join(CONFIGS, "CDRE", f"{task}_rcnn_R_50_FPN_direct.yaml")))
-    model = VCMTrainer.build_model(_cfg(os.path.join(CONFIGS, "CDRE", f"{task}_rcnn_R_50_FPN_ours.yaml")))
+    plain = VCMTrainer.build_model(_cfg(os.path.join(CONFIGS, "CDRE", f"{model_name}_FPN_direct.yaml")))
+    model = VCMTrainer.build_model(_cfg(os.path.join(CONFIGS, "CDRE", f"{model_name}_FPN_ours.yaml")))
     plain_sd, model_sd = plain.state_dict(), model.state_dict()
-    assert "backbone.bottom_up.stem.conv1.weight" in model_sd and "backbone.fpn_lateral2.weight" in model_sd
+    first = BOTTOM_UP_FIRST[model_name.split("rcnn_")[1]]
+    assert first in model_sd and "backbone.fpn_lateral2.weight" in model_sd
     assert not set(plain_sd) - set(model_sd)  # every detector parameter keeps its name
     cdre_keys = set(model_sd) - set(plain_sd)
     assert cdre_keys and all(k.startswith(CDRE_PREFIXES_FPN) for k in cdre_keys)
@@ -156,8 +175,9 @@ def test_r50_fpn_coco_checkpoint_loads_with_only_cdre_missing(task, tmp_path):
 
 
 # ---------------------------------------------------------------------------- identity
-def test_identity_at_init_is_bit_exact(slim_pair):
-    plain, cdre = slim_pair
+@pytest.mark.parametrize("version", sorted(PAIRS))
+def test_identity_at_init_is_bit_exact(version):
+    plain, cdre = _plain_and_cdre(*PAIRS[version])
     inputs = _inputs()
     with torch.no_grad():
         out_plain = plain([{k: v for k, v in d.items() if k != "original"} for d in inputs])
@@ -173,10 +193,11 @@ def test_identity_at_init_is_bit_exact(slim_pair):
 
 
 # ---------------------------------------------------------------------------- side streams
-@pytest.fixture(scope="module")
-def active_model():
+@pytest.fixture(scope="module", params=sorted(PAIRS))
+def active_model(request):
+    """A CDRE model of each version whose embedding changes the features."""
     torch.manual_seed(1)
-    cfg = _cfg(SLIM_OURS, "MODEL.VCM.CDRE.OUTPUT_SIDE_STREAM", True)
+    cfg = _cfg(PAIRS[request.param][1], "MODEL.VCM.CDRE.OUTPUT_SIDE_STREAM", True)
     return cfg, _activate_embedding(VCMTrainer.build_model(cfg).eval())
 
 
@@ -236,9 +257,10 @@ def test_predictor_round_trip(active_model, tmp_path):
 
 
 # ---------------------------------------------------------------------------- training
-def test_training_iteration_cosine_loss_and_gradients():
+@pytest.mark.parametrize("version", sorted(PAIRS))
+def test_training_iteration_cosine_loss_and_gradients(version):
     torch.manual_seed(2)
-    cfg = _cfg(SLIM_OURS)
+    cfg = _cfg(PAIRS[version][1])
     model = VCMTrainer.build_model(cfg).train()
     extractor_conv = model.cdre_encoder.extractor.blocks[0][0].weight
     encoder_conv = model.cdre_encoder.encoder.blocks[0][0].weight
@@ -255,6 +277,37 @@ def test_training_iteration_cosine_loss_and_gradients():
         sum(model(_inputs(cfg=cfg)).values()).backward()
     # ... once they are non-zero, it flows through the binary map (straight-through).
     assert encoder_conv.grad.abs().sum() > 0
+
+
+def _training_losses(*opts):
+    torch.manual_seed(2)
+    cfg = _cfg(SLIM_OURS, *opts)
+    model = VCMTrainer.build_model(cfg).train()
+    with EventStorage():
+        losses = model(_inputs(sizes=[(96, 128)], cfg=cfg))
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}, losses
+
+
+def test_ablation_switches_change_what_they_name():
+    """Table II switches in a whole detector: USE_COSINE drops exactly the eq. 8 term,
+    USE_MODULATION swaps the encoder's modulation (eq. 4) for concatenation, MULTI_SCALE keeps
+    the last extractor scale only; no detector parameter changes."""
+    params, losses = _training_losses()
+    no_cos_params, no_cos = _training_losses("MODEL.VCM.CDRE.USE_COSINE", False)
+    assert no_cos_params == params and set(losses) - set(no_cos) == {"loss_cdre_cosine"}
+    for k, v in no_cos.items():  # same weights, same data: the task losses are untouched
+        assert torch.equal(v, losses[k]), k
+    concat_params, _ = _training_losses("MODEL.VCM.CDRE.USE_MODULATION", False)
+    single_params, single = _training_losses("MODEL.VCM.CDRE.MULTI_SCALE", False)
+    for other in (concat_params, single_params):
+        changed = set(params.items()) ^ set(other.items())
+        assert changed and all(n.startswith("cdre_encoder.encoder.conditioning.") for n, _ in changed)
+    assert sum(map(np.prod, concat_params.values())) < sum(map(np.prod, params.values()))
+    assert not any(".alpha." in n for n in concat_params) and any(".fuse." in n for n in concat_params)
+    assert {n.split(".")[3] for n in single_params if ".conditioning." in n} == {"2"}
+    # one scale of 1 + cos in [0, 2] instead of three
+    lam = _cfg(SLIM_OURS).MODEL.VCM.CDRE.COSINE_WEIGHT
+    assert single["loss_cdre_cosine"] <= 2 * lam < losses["loss_cdre_cosine"]
 
 
 def _cdre_configs():

@@ -109,7 +109,8 @@ def test_extractor_shares_weights_between_original_and_compressed():
     f_o, f_c = ext(x, x.clone())
     assert all(torch.allclose(a, b) for a, b in zip(f_o, f_c))
     alone = ext.extract(x)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(f_o, alone))
+    # batch of 2 vs 1: CPU convolutions may round differently (seen up to 2.4e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(f_o, alone))
     with pytest.raises(ValueError, match="differ"):
         ext(x, x[..., :-1])
 
@@ -250,6 +251,8 @@ def test_ablation_modulation_vs_concatenation():
     assert {type(m) for m in concat.conditioning.values()} == {ConcatFusion}
     side = CDREEncoderSide(_cfg(USE_MODULATION=False))
     assert side(*_images(64, 64)).y.shape == (1, 6, 2, 2)
+    # per modulated block: alpha and beta convs (2 x (2*16 -> 4)) vs one conv (4 + 2*16 -> 4)
+    assert _params(with_mod) - _params(concat) == 3 * (2 * (32 * 4 + 4) - (36 * 4 + 4))
 
 
 def test_ablation_single_scale():
@@ -267,6 +270,9 @@ def test_ablation_number_of_embedded_stages():
     cfg = _cfg(EMBED_STAGES=["res2", "res3"], STAGE_CHANNELS=[16, 64])
     emb = DistortionEmbedding(cfg, _shapes(R50_INPUTS))
     assert emb.stage_names == ("res2", "res3") and set(emb.fusions) == {"res2", "res3"}
+    full = DistortionEmbedding(_cfg(), _shapes(R50_INPUTS))
+    kept = sum(_params(full.transforms[n]) + _params(full.fusions[n]) for n in ("res2", "res3"))
+    assert _params(emb) == kept < _params(full)  # exactly the res4/res5 blocks are gone
     with pytest.raises(ValueError, match="one width per EMBED_STAGES"):
         DistortionEmbedding(_cfg(EMBED_STAGES=["res2"]), _shapes(R50_INPUTS))
     with pytest.raises(ValueError, match="not in the backbone"):

@@ -12,7 +12,7 @@ from .run import model_cfg
 
 __all__ = [
     "ANCHOR_METHOD", "LR_DROP_FRACTION", "METHOD_TABLES", "MethodTable", "SYNTHETIC_DETECTION",
-    "SYNTHETIC_VIS", "scale_schedule",
+    "SYNTHETIC_SWIN", "SYNTHETIC_VIS", "scale_schedule",
 ]
 
 # The method every other one is compared with: the clean model on decoded frames (Table I row 1).
@@ -80,10 +80,21 @@ SYNTHETIC_VIS = MethodTable(
         "ours": "vis_cdre_mask_rcnn_R18_slim_ours.yaml",
         "ours_fd": "vis_cdre_mask_rcnn_R18_slim_ours_fd.yaml",
     })
+# CDRE's Transformer version (eq. 7) in a tiny Swin Mask R-CNN of configs/synthetic: its own
+# clean model (the R18 detector's weights do not fit a Swin).
+SYNTHETIC_SWIN = MethodTable(
+    clean="cdre_mask_rcnn_swin_tiny_slim_direct.yaml",
+    methods={"ours": "cdre_mask_rcnn_swin_tiny_slim_ours.yaml"})
 # Faster R-CNN R50-FPN in the modes of CDRE Table I (configs/CDRE, real data, e.g. COCO).
 CDRE_FASTER_RCNN_R50_FPN = MethodTable(
     clean="faster_rcnn_R_50_FPN_direct.yaml",
     methods={m: f"faster_rcnn_R_50_FPN_{m}.yaml" for m in ("head_ft", "full_ft", "ours_fd", "ours")})
+# Mask R-CNN Swin-T in the modes of CDRE Table I (configs/CDRE, real data).
+CDRE_MASK_RCNN_SWIN_T_FPN = MethodTable(
+    clean="mask_rcnn_swin_T_FPN_direct.yaml",
+    methods={m: f"mask_rcnn_swin_T_FPN_{m}.yaml" for m in ("full_ft", "ours_fd", "ours")})
 # The tables by name (tools/rate_task.py --methods-table).
 METHOD_TABLES = {"synthetic_detection": SYNTHETIC_DETECTION, "synthetic_vis": SYNTHETIC_VIS,
-                 "cdre_faster_rcnn_R50_FPN": CDRE_FASTER_RCNN_R50_FPN}
+                 "synthetic_swin": SYNTHETIC_SWIN,
+                 "cdre_faster_rcnn_R50_FPN": CDRE_FASTER_RCNN_R50_FPN,
+                 "cdre_mask_rcnn_swin_T_FPN": CDRE_MASK_RCNN_SWIN_T_FPN}

@@ -8,8 +8,10 @@ then ``DistortionEmbedding`` (eq. 6) or ``CrossAttentionEmbedding`` (eq. 7) fuse
 backbone stage by stage. Training adds ``CDRECosineLoss`` (eq. 8). Config: ``add_cdre_config``.
 
 detectron2 integration (importing registers them): backbones ``build_cdre_resnet_fpn_backbone``
-and ``build_cdre_resnet_backbone`` (decoder side inside detectron2's unchanged ResNet / FPN),
-meta-architecture ``CDRERCNN`` (encoder side, cosine loss, side streams) and ``CDREPredictor``.
+and ``build_cdre_resnet_backbone`` (CNN decoder side inside detectron2's unchanged ResNet / FPN),
+``build_cdre_swin_fpn_backbone`` (Transformer decoder side inside detectron2's unchanged Swin /
+FPN) and the plain ``build_swin_fpn_backbone`` (Config: ``MODEL.VCM.SWIN``), meta-architecture
+``CDRERCNN`` (encoder side, cosine loss, side streams) and ``CDREPredictor``.
 """
 from .backbone import (
     CDREDecoderSide,
@@ -35,6 +37,11 @@ from .extractor import CompressionSensitiveExtractor
 from .loss import CDRECosineLoss, cdre_cosine_loss
 from .meta_arch import CDRERCNN
 from .predictor import CDREPredictor
+from .swin_backbone import (
+    CDRESwinTransformer,
+    build_cdre_swin_fpn_backbone,
+    build_swin_fpn_backbone,
+)
 from .side_stream import (
     SideStreamHeader,
     decode_side_stream,
@@ -69,6 +76,9 @@ __all__ = [
     "CDREFPN",
     "build_cdre_resnet_backbone",
     "build_cdre_resnet_fpn_backbone",
+    "CDRESwinTransformer",
+    "build_swin_fpn_backbone",
+    "build_cdre_swin_fpn_backbone",
     "CDRERCNN",
     "CDREPredictor",
 ]

@@ -13,9 +13,9 @@ The decoded binary map y_hat reaches the backbone as an explicit argument,
 unpacks it -- no hidden state, and FPN's own forward is reused as is. A backbone called
 without y_hat raises ValueError.
 
-Transformer backbones (Swin) are not wrapped here; ``CDREDecoderSide`` already accepts the
-Transformer pair (``TokenDistortionDecoder`` + ``CrossAttentionEmbedding``), so such a wrapper
-only needs to subclass ``DistortionAwareBackbone`` and run the same stage loop.
+Transformer backbones (Swin, ``swin_backbone``) use the same ``CDREDecoderSide`` with the
+Transformer pair (``TokenDistortionDecoder`` + ``CrossAttentionEmbedding``, eq. 7) and the same
+``DistortionAwareBackbone`` input handling; ``CDREFPN`` takes either as its bottom-up network.
 """
 import abc
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -29,8 +29,8 @@ from detectron2.modeling.backbone import FPN, ResNet, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
-from .distortion_codec import DistortionDecoder, DistortionDecoderBase
-from .embedding import DistortionEmbedding, _ProgressiveEmbedding
+from .distortion_codec import DistortionDecoder, DistortionDecoderBase, TokenDistortionDecoder
+from .embedding import CrossAttentionEmbedding, DistortionEmbedding, _ProgressiveEmbedding
 
 __all__ = [
     "DistortionAwareInput",
@@ -39,6 +39,8 @@ __all__ = [
     "CDREResNet",
     "CDREFPN",
     "stage_input_shapes",
+    "check_embedded_stages",
+    "fpn_from_config",
     "build_cdre_resnet_backbone",
     "build_cdre_resnet_fpn_backbone",
 ]
@@ -59,9 +61,9 @@ class CDREDecoderSide(nn.Module):
     """Decoder side of CDRE: y_hat -> d_0 (distortion decoder), then per embedded stage
     (f_i, d_{i-1}) -> (f'_i, d_i) (progressive embedding, eq. 6 or 7).
 
-    Works with the CNN pair (``DistortionDecoder`` + ``DistortionEmbedding``, built from a
-    config) and with the Transformer pair (``TokenDistortionDecoder`` +
-    ``CrossAttentionEmbedding``, pass them explicitly).
+    Works with the CNN pair (``DistortionDecoder`` + ``DistortionEmbedding``, eq. 6) and with
+    the Transformer pair (``TokenDistortionDecoder`` + ``CrossAttentionEmbedding``, eq. 7);
+    from a config, ``tokens`` chooses between them.
     """
 
     @configurable
@@ -87,13 +89,18 @@ class CDREDecoderSide(nn.Module):
         self.latent_stride = int(latent_stride)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], tokens: bool = False):
         """``input_shape``: stage name -> ShapeSpec of the stage's *input* (see
-        ``stage_input_shapes``)."""
+        ``stage_input_shapes``); ``tokens``: the Transformer pair (backbones of tokens, e.g.
+        Swin) instead of the CNN pair."""
         c = cfg.MODEL.VCM.CDRE
+        if tokens:
+            decoder, embedding = TokenDistortionDecoder(cfg), CrossAttentionEmbedding(cfg, input_shape)
+        else:
+            decoder, embedding = DistortionDecoder(cfg), DistortionEmbedding(cfg, input_shape)
         return {
-            "decoder": DistortionDecoder(cfg),
-            "embedding": DistortionEmbedding(cfg, input_shape),
+            "decoder": decoder,
+            "embedding": embedding,
             "latent_channels": c.LATENT_CHANNELS,
             "latent_stride": 2 ** (c.ENCODER_BLOCKS + 1),
         }
@@ -137,6 +144,33 @@ class DistortionAwareBackbone(abc.ABC):
     def cdre_decoder_side(self) -> CDREDecoderSide:
         ...
 
+    def _image_and_distortion(self, x, y_hat: Optional[torch.Tensor]):
+        """(image batch, d_0) from ``forward``'s arguments: ``x`` is the (N, C, H, W) batch or a
+        ``DistortionAwareInput`` carrying both tensors (how ``CDREFPN`` passes y_hat through
+        detectron2's FPN.forward); y_hat is required and checked against the batch."""
+        if isinstance(x, DistortionAwareInput):
+            if y_hat is not None:
+                raise ValueError("y_hat given twice: inside DistortionAwareInput and as an argument")
+            x, y_hat = x
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
+        side = self.cdre_decoder_side
+        side.check_latent(y_hat, x)
+        return x, side.decode(y_hat)
+
+
+def check_embedded_stages(cdre: CDREDecoderSide, stage_names: Sequence[str], backbone: str) -> None:
+    """Raise ValueError unless the stages ``cdre`` embeds are stages of ``backbone`` (named
+    ``stage_names``), in backbone order."""
+    embedded = list(cdre.stage_names)
+    in_order = [n for n in stage_names if n in embedded]
+    if in_order != embedded:
+        missing = [n for n in embedded if n not in stage_names]
+        raise ValueError(
+            f"CDRE EMBED_STAGES {embedded} must be stages of this {backbone} {list(stage_names)} "
+            f"in backbone order" + (f" ({missing} not built here)" if missing else "")
+        )
+
 
 def stage_input_shapes(stem: nn.Module, stage_names: Sequence[str], stages: Sequence[Sequence[nn.Module]]):
     """Stage name -> ShapeSpec(channels, stride) of the feature that *enters* the stage.
@@ -163,14 +197,7 @@ class CDREResNet(DistortionAwareBackbone, ResNet):
             cdre: the decoder side; its stages must be stages of this ResNet, in order.
         """
         super().__init__(stem, stages, num_classes=None, out_features=out_features, freeze_at=freeze_at)
-        embedded = list(cdre.stage_names)
-        in_order = [n for n in self.stage_names if n in embedded]
-        if in_order != embedded:
-            missing = [n for n in embedded if n not in self.stage_names]
-            raise ValueError(
-                f"CDRE EMBED_STAGES {embedded} must be stages of this ResNet {list(self.stage_names)} "
-                f"in backbone order" + (f" ({missing} not built here)" if missing else "")
-            )
+        check_embedded_stages(cdre, self.stage_names, "ResNet")
         self.cdre = cdre
 
     @property
@@ -184,14 +211,7 @@ class CDREResNet(DistortionAwareBackbone, ResNet):
                 (how ``CDREFPN`` passes y_hat through detectron2's FPN.forward).
             y_hat: (N, latent_channels, ceil(H/s), ceil(W/s)) binary map; required.
         """
-        if isinstance(x, DistortionAwareInput):
-            if y_hat is not None:
-                raise ValueError("y_hat given twice: inside DistortionAwareInput and as an argument")
-            x, y_hat = x
-        if x.dim() != 4:
-            raise ValueError(f"ResNet takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
-        self.cdre.check_latent(y_hat, x)
-        d = self.cdre.decode(y_hat)
+        x, d = self._image_and_distortion(x, y_hat)
         embedded = set(self.cdre.stage_names)
         outputs = {}
         x = self.stem(x)
@@ -207,9 +227,10 @@ class CDREResNet(DistortionAwareBackbone, ResNet):
 
 
 class CDREFPN(DistortionAwareBackbone, FPN):
-    """detectron2 ``FPN`` over a ``CDREResNet``; ``forward(x, y_hat)`` reuses FPN.forward."""
+    """detectron2 ``FPN`` over a distortion-aware bottom-up network (``CDREResNet``,
+    ``CDRESwinTransformer``); ``forward(x, y_hat)`` reuses FPN.forward."""
 
-    def __init__(self, *, bottom_up: CDREResNet, **kwargs):
+    def __init__(self, *, bottom_up: DistortionAwareBackbone, **kwargs):
         if not isinstance(bottom_up, DistortionAwareBackbone):
             raise ValueError(
                 f"CDREFPN needs a distortion-aware bottom-up network, got {type(bottom_up).__name__}"
@@ -251,14 +272,20 @@ def build_cdre_resnet_backbone(cfg, input_shape: ShapeSpec) -> CDREResNet:
     return _build_cdre_resnet(cfg, input_shape)
 
 
-@BACKBONE_REGISTRY.register()
-def build_cdre_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> CDREFPN:
-    """ResNet-FPN + CDRE: the same modules as detectron2's ``build_resnet_fpn_backbone``."""
-    return CDREFPN(
-        bottom_up=_build_cdre_resnet(cfg, input_shape),
+def fpn_from_config(cfg, bottom_up, fpn_class=FPN) -> FPN:
+    """``fpn_class`` (detectron2's ``FPN`` or ``CDREFPN``) over ``bottom_up`` from
+    ``cfg.MODEL.FPN``, with the same modules as detectron2's ``build_resnet_fpn_backbone``."""
+    return fpn_class(
+        bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_cdre_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> CDREFPN:
+    """ResNet-FPN + CDRE: the same modules as detectron2's ``build_resnet_fpn_backbone``."""
+    return fpn_from_config(cfg, _build_cdre_resnet(cfg, input_shape), CDREFPN)

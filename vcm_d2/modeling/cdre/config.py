@@ -1,5 +1,7 @@
 """Config keys of CDRE (Sun et al., "Embedding Compression Distortion in Video Coding for
-Machines"), under ``cfg.MODEL.VCM.CDRE``. Every key has a default and a one-line comment.
+Machines"), under ``cfg.MODEL.VCM.CDRE``, and of the Swin Transformer backbone of its
+Transformer version and baselines, under ``cfg.MODEL.VCM.SWIN``. Every key has a default and
+a one-line comment.
 
 Equation, table and section numbers refer to that paper.
 """
@@ -9,7 +11,8 @@ __all__ = ["add_cdre_config"]
 
 
 def add_cdre_config(cfg):
-    """Add ``cfg.MODEL.VCM.CDRE`` (idempotent). ``cfg.MODEL.VCM`` must already exist."""
+    """Add ``cfg.MODEL.VCM.CDRE`` and ``cfg.MODEL.VCM.SWIN`` (idempotent). ``cfg.MODEL.VCM``
+    must already exist."""
     if not hasattr(cfg.MODEL, "VCM"):
         raise ValueError("add_cdre_config needs cfg.MODEL.VCM: call add_vcm_config(cfg) first")
     if hasattr(cfg.MODEL.VCM, "CDRE"):
@@ -49,7 +52,8 @@ def add_cdre_config(cfg):
     # Residual blocks (two 3x3 convs each) of the Transformer-version decoder.
     _C.CDRE.TOKEN_DECODER_BLOCKS = 2
     # ------------------------------------------------ distortion representation embedding (eq. 6-7)
-    # Backbone stages whose input receives the distortion feature, in order (Table III: 4 is best).
+    # Backbone stages whose input receives the distortion feature, in order (Table III: 4 is best);
+    # ResNet "res2".."res5", Swin "p0".."p3".
     _C.CDRE.EMBED_STAGES = ["res2", "res3", "res4", "res5"]
     # Output widths of the CNN transform blocks d_i, one per EMBED_STAGES entry (16->16->64->128->256).
     _C.CDRE.STAGE_CHANNELS = [16, 64, 128, 256]
@@ -72,4 +76,25 @@ def add_cdre_config(cfg):
     # Also put each image's side-stream bytes into CDRERCNN's inference outputs as "cdre_bits"
     # (to store them); "side_bits" (their size) is always reported.
     _C.CDRE.OUTPUT_SIDE_STREAM = False
+    _add_swin_config(_C)
     return cfg
+
+
+def _add_swin_config(_C):
+    """``MODEL.VCM.SWIN``: detectron2's ``SwinTransformer`` for ``build_swin_fpn_backbone`` and
+    ``build_cdre_swin_fpn_backbone`` (detectron2 has no yacs keys for it). Defaults: Swin-T."""
+    _C.SWIN = CN()
+    # Channels C of the patch embedding (4x4 patches); stage i has 2^i * C channels.
+    _C.SWIN.EMBED_DIM = 96
+    # Swin blocks per stage.
+    _C.SWIN.DEPTHS = [2, 2, 6, 2]
+    # Attention heads per stage.
+    _C.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    # Side of the local attention windows, in tokens.
+    _C.SWIN.WINDOW_SIZE = 7
+    # Hidden width of the Swin blocks' MLP as a multiple of the stage width.
+    _C.SWIN.MLP_RATIO = 4.0
+    # Stochastic depth rate of the last block (0 at the first, linear in between).
+    _C.SWIN.DROP_PATH_RATE = 0.2
+    # Output features "p<i>" (stage i, stride 2^(i+2)); FPN.IN_FEATURES takes them.
+    _C.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
