@@ -7,13 +7,18 @@
    0.89K MACs/px), distortion decoder and embedding (paper: 1.61K MACs/px for the CNN
    decoder), CDRE total (paper: 1.9M params). The same for the Transformer version at Swin-T
    widths (configs/CDRE/mask_rcnn_swin_T_FPN_ours.yaml): token decoder (paper: 0.33K
-   MACs/px), per-stage MLP and cross-attention, CDRE total (paper: 3.7M params).
+   MACs/px), per-stage MLP and cross-attention, CDRE total (paper: 3.7M params). Next to
+   CDRE's decoder side: the restoration network R of the "restore, then analyse" competitor
+   (Table I's PromptIR / PromptCIR / CascadeNet rows) at its R50 default config (configs/CDRE/
+   faster_rcnn_R_50_FPN_restore.yaml), which the receiver runs on every decoded frame.
 2. Decoder-side time on this CPU as a fraction of Faster R-CNN R50-FPN inference at the same
    size, all measured in one interleaved loop (median of --runs) so load changes affect every
    number alike. The CDRE model gets the plain model's weights (only the CDRE modules
    differ). Overhead is measured three ways: the decoder-side modules alone; the CDRE ResNet
    minus the same ResNet run without CDRE; full CDRERCNN inference from the side stream minus
-   plain inference. Side-stream decoding (Python range decoder) is listed separately.
+   plain inference. Side-stream decoding (Python range decoder) is listed separately. The
+   restoration network R is timed alone (restore-then-detect inference is R + the plain
+   detector, whose preprocessing is unchanged).
 3. Side-stream rate at HEIGHTxWIDTH and --fps, raw vs cabac, on the y_hat of a TRAINED CDRE
    model (--weights, e.g. the "ours" model of benchmarks/cdre_table1.py or `make demo`)
    applied to decoded video: a synthetic video rendered at HEIGHTxWIDTH, the benchmark's own
@@ -54,6 +59,7 @@ from vcm_d2.modeling.cdre.swin_backbone import swin_stage_shapes
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50_CDRE_CONFIG = os.path.join(REPO, "configs", "CDRE", "faster_rcnn_R_50_FPN_ours.yaml")
 R50_PLAIN_CONFIG = os.path.join(REPO, "configs", "CDRE", "faster_rcnn_R_50_FPN_direct.yaml")
+R50_RESTORE_CONFIG = os.path.join(REPO, "configs", "CDRE", "faster_rcnn_R_50_FPN_restore.yaml")
 SLIM_CDRE_CONFIG = os.path.join(REPO, "configs", "synthetic", "cdre_faster_rcnn_R18_slim_ours.yaml")
 SWIN_T_CDRE_CONFIG = os.path.join(REPO, "configs", "CDRE", "mask_rcnn_swin_T_FPN_ours.yaml")
 VAL_SET = "vcm_synth_val"
@@ -62,6 +68,8 @@ PAPER = {"encoder_params": 18e3, "encoder_macs_px": 0.89e3, "cnn_decoder_macs_px
          "total_params": 1.9e6, "side_kbps_720p30": 20.0,
          "token_decoder_macs_px": 0.33e3, "transformer_total_params": 3.7e6}
 TIME_GOAL = 0.05  # decoder-side time / detector inference time (issue goal)
+# The restoration network of the "restore, then analyse" competitor (complexity row, timed item).
+RESTORATION_ROW = "restoration network R (restore, then analyse)"
 CABAC_GOAL = 0.60  # cabac bits / raw bits (issue goal)
 # Synthetic 720p video: object sizes and motions of the 128-px benchmark scaled by the frame
 # height, fine textures (px periods) unchanged, more objects for the larger area.
@@ -200,6 +208,9 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
     padded = nn.functional.pad(x, (0, -w % div, 0, -h % div))
     rows["Faster R-CNN R50-FPN backbone"] = complexity_report(plain.backbone, (padded,), num_pixels=px,
                                                               time_runs=0)
+    restoration = build_model(_cfg(R50_RESTORE_CONFIG)).restoration.eval()
+    rows[RESTORATION_ROW] = complexity_report(restoration, (torch.rand(1, 3, h, w) * 255,), num_pixels=px,
+                                              time_runs=0)
     enc_p = sum(p.numel() for p in cdre.cdre_encoder.parameters())
     dec_p = sum(p.numel() for p in side.parameters())
 
@@ -220,6 +231,7 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
         "decoder side alone": lambda: dec_side(y_hat, *feats),
         "side-stream decode (cabac)": lambda: decode_side_stream(streams[0]),
         "encoder side (sender)": lambda: cdre.cdre_encoder(on, xn),
+        RESTORATION_ROW: lambda: restoration(image[None]),
     }
     times: Dict[str, List[float]] = {}
     for r in range(runs):
@@ -238,6 +250,7 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
             "ms": ms, "runs": {k: v for k, v in times.items()}, "overhead_ms": overhead,
             "overhead_fraction": {k: v / base for k, v in overhead.items()},
             "side_stream_decode_fraction": ms["side-stream decode (cabac)"] / base,
+            "restoration_fraction": ms[RESTORATION_ROW] / base,
             "side_stream_bytes_random_weights": len(streams[0])}
 
 
@@ -432,6 +445,25 @@ def transformer_lines(t: Dict) -> List[str]:
             f"{_fmt_k(PAPER['transformer_total_params'])} |", ""]
 
 
+def restoration_lines(part12: Dict, w: int, h: int) -> List[str]:
+    """CDRE's decoder side next to the restoration network of the "restore, then analyse"
+    competitor: what the receiver runs per frame besides the detector."""
+    c, ms, base = part12["complexity"], part12["ms"], part12["ms"]["plain Faster R-CNN inference"]
+    side, r = c["decoder side (decoder + embedding)"]["total"], c[RESTORATION_ROW]["total"]
+    return [f"## Decoder side at {w}x{h}: CDRE vs restore, then analyse", "",
+            "Restoration network: configs/CDRE/faster_rcnn_R_50_FPN_restore.yaml (the R50 default "
+            "MODEL.VCM.RESTORATION); time as a fraction of plain Faster R-CNN R50-FPN inference, same "
+            "interleaved runs.", "",
+            "| decoder side | params | MACs/px | ms | fraction of plain inference |", "|---|---|---|---|---|",
+            f"| CDRE decoder side (decoder + embedding) | {_fmt_k(part12['decoder_side_params'])} | "
+            f"{_fmt_k(side.macs_per_pixel)} | {ms['decoder side alone']:.1f} | "
+            f"{part12['overhead_fraction']['decoder side alone']:.2%} |",
+            f"| + CDRE side-stream decode (cabac) | - | - | {ms['side-stream decode (cabac)']:.1f} | "
+            f"{part12['side_stream_decode_fraction']:.2%} |",
+            f"| restoration network R | {_fmt_k(r.params)} | {_fmt_k(r.macs_per_pixel)} | "
+            f"{ms[RESTORATION_ROW]:.1f} | {part12['restoration_fraction']:.2%} |", ""]
+
+
 def report_text(args, part12: Dict, part3: Dict, transformer: Dict) -> str:
     h, w = args.height, args.width
     c = part12["complexity"]
@@ -471,6 +503,7 @@ def report_text(args, part12: Dict, part3: Dict, transformer: Dict) -> str:
     for k, v in part12["overhead_ms"].items():
         lines.append(f"| {k} | {v:.1f} | {part12['overhead_fraction'][k]:.2%} |")
     lines += ["", f"Side-stream decode alone: {part12['side_stream_decode_fraction']:.2%} of plain inference.", ""]
+    lines += restoration_lines(part12, w, h)
     if part3:
         lines += [f"## Side stream at {args.fps:g} fps, trained model `{args.weights}`, "
                   f"{args.codec} q{args.quality:g} (goal: cabac <= {CABAC_GOAL:.0%} of raw; "

@@ -8,11 +8,15 @@ solver for all), then evaluated on each codec's compressed validation frames:
     direct   clean detector, no training on compressed data (BD-rate anchor, per codec)
     head_ft  fine-tune with the backbone frozen
     full_ft  fine-tune everything
+    restore  restore, then analyse (the PromptIR / PromptCIR / CascadeNet rows): a small
+             artifact-removal CNN trained on the pairs (decoded -> original, L1) in front of
+             the frozen clean detector; no side stream
     ours_fd  CDRE modules trained, detector frozen
     ours     CDRE modules and detector trained jointly
 
 bpp includes the CDRE side stream (``side_bits`` of the model outputs). Writes
-OUTPUT/table1/report.md (+ PNG curves).
+OUTPUT/table1/report.md (+ PNG curves). The decoder-side cost of CDRE and of the restoration
+network is benchmarks/cdre_complexity.py's.
 
 Fig. 6 (transfer): --transfer-methods trained on --transfer-train-codec only (x264), evaluated
 on --transfer-codecs (x265, and VVC at --vvc-qualities, QPs chosen to span the bpp range of
@@ -48,7 +52,7 @@ from vcm_d2.pipeline.report import (curve_from, figure_rows, points_table, stron
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET, VAL_SET = "vcm_synth_train", "vcm_synth_val"
-TABLE_METHODS = ("head_ft", "full_ft", "ours_fd", "ours")
+TABLE_METHODS = ("head_ft", "full_ft", "restore", "ours_fd", "ours")  # the paper's row order
 TRANSFER_METHODS = ("full_ft", "ours")
 # Iterations of every trained method (2x the demo's; one schedule for all methods).
 DEFAULT_ITERS = 400

@@ -6,6 +6,7 @@ nothing silently overwrites detectron2's or another project's keys.
 from detectron2.config import CfgNode as CN
 
 from .modeling.cdre.config import add_cdre_config
+from .modeling.restoration.config import add_restoration_config
 from .modeling.transvfc.config import add_transvfc_config
 from .modeling.vis.config import add_vis_config
 
@@ -30,6 +31,7 @@ def add_vcm_config(cfg):
     add_cdre_config(_C)
     add_transvfc_config(_C)
     add_vis_config(_C)
+    add_restoration_config(_C)
 
     # ---------------------------------------------------------------- data / codecs / eval
     _C.VCM = CN()

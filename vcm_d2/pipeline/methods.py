@@ -63,12 +63,14 @@ class MethodTable:
         ] + list(extra))
 
 
-# The slim detection models of configs/synthetic (the demo's and CDRE Table I's rows).
+# The slim detection models of configs/synthetic (the demo's and CDRE Table I's rows; "restore":
+# the restoration network in front of the frozen clean detector, the papers' competitors).
 SYNTHETIC_DETECTION = MethodTable(
     clean="faster_rcnn_R18_slim.yaml",
     methods={
         "head_ft": "faster_rcnn_R18_slim_head_finetune.yaml",
         "full_ft": "faster_rcnn_R18_slim_finetune.yaml",
+        "restore": "restore_faster_rcnn_R18_slim.yaml",
         "ours_fd": "cdre_faster_rcnn_R18_slim_ours_fd.yaml",
         "ours": "cdre_faster_rcnn_R18_slim_ours.yaml",
     })
@@ -88,7 +90,7 @@ SYNTHETIC_SWIN = MethodTable(
 # Faster R-CNN R50-FPN in the modes of CDRE Table I (configs/CDRE, real data, e.g. COCO).
 CDRE_FASTER_RCNN_R50_FPN = MethodTable(
     clean="faster_rcnn_R_50_FPN_direct.yaml",
-    methods={m: f"faster_rcnn_R_50_FPN_{m}.yaml" for m in ("head_ft", "full_ft", "ours_fd", "ours")})
+    methods={m: f"faster_rcnn_R_50_FPN_{m}.yaml" for m in ("head_ft", "full_ft", "restore", "ours_fd", "ours")})
 # Mask R-CNN Swin-T in the modes of CDRE Table I (configs/CDRE, real data).
 CDRE_MASK_RCNN_SWIN_T_FPN = MethodTable(
     clean="mask_rcnn_swin_T_FPN_direct.yaml",
