@@ -1,15 +1,21 @@
-"""Throughput of our in-process PyAV x264/x265 path against the plain ffmpeg command line.
+"""Throughput of our codec paths against the plain ffmpeg command line.
 
 Both sides do the same work on the same frames: RGB -> yuv420p (same swscale flags),
-encode with identical x264/x265 parameters and one thread, then decode back to RGB.
-Ours: ``build_codec(codec).encode(frames, quality)`` (which also decodes, as
-compress_dataset does). ffmpeg: one process encoding rgb24 from stdin to raw Annex-B,
-one decoding it back to rgb24. Each side runs ``--repeat`` times, interleaved; the best time counts.
+encode with identical parameters and one thread, then decode back to RGB.
+Ours: ``build_codec(codec).encode_stream(frames, quality)`` consumed frame by frame (it also
+decodes, as compress_dataset does): x264/x265 in-process through PyAV, VVC through an ffmpeg
+encoder process feeding an ffmpeg decoder process. ffmpeg: one process encoding rgb24 from
+stdin to raw Annex-B (VVC: our yuv420p frames, with our codec's own ffmpeg command), one
+decoding it back to rgb24. Each side runs ``--repeat`` times,
+interleaved; the best time counts.
 
     python benchmarks/codec_throughput.py --frames 60 --size 640x360 --codec x264
+    python benchmarks/codec_throughput.py --frames 30 --size 640x360 --codec vvc --quality 35
 """
 import argparse
+import os
 import subprocess
+import tempfile
 import time
 from typing import Callable, List, Tuple
 
@@ -17,29 +23,15 @@ import numpy as np
 
 from vcm_d2.codecs import annexb, build_codec
 from vcm_d2.codecs.pyav_codecs import DEFAULT_FPS
-from vcm_d2.codecs.vvc import ffmpeg_exe
-from vcm_d2.codecs.yuv import FFMPEG_SWS_FLAGS
+from vcm_d2.codecs.sample_video import sample_video
+from vcm_d2.codecs.vvc import VvcCodec, ffmpeg_exe
+from vcm_d2.codecs.yuv import FFMPEG_SWS_FLAGS, rgb_to_yuv420p
 
-ENCODERS = {"x264": "libx264", "x265": "libx265"}
-RAW_FORMATS = {"x264": "h264", "x265": "hevc"}
-NOISE_STD = 12.0  # sensor-like noise on top of the gradients (makes the encoder work)
-
-
-def synthetic_frames(n: int, height: int, width: int, seed: int = 0) -> List[np.ndarray]:
-    """Moving gradients and a moving block plus Gaussian noise (deterministic)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = []
-    for t in range(n):
-        r = 128 + 90 * np.sin((xx + 3 * t) / 37.0)
-        g = 128 + 90 * np.cos((yy - 2 * t) / 23.0)
-        b = 128 + 80 * np.sin((xx + yy + 5 * t) / 51.0)
-        img = np.stack([r, g, b], axis=-1)
-        y0, x0 = (7 * t) % max(height - 40, 1), (11 * t) % max(width - 40, 1)
-        img[y0 : y0 + 40, x0 : x0 + 40] += 50
-        img += rng.normal(0.0, NOISE_STD, img.shape).astype(np.float32)
-        frames.append(np.clip(img, 0, 255).astype(np.uint8))
-    return frames
+ENCODERS = {"x264": "libx264", "x265": "libx265", "vvc": "libvvenc"}
+COMMON = ["-hide_banner", "-nostats", "-loglevel", "error", "-threads", "1", "-filter_threads", "1"]
+RAW_FORMATS = {"x264": "h264", "x265": "hevc", "vvc": "vvc"}
+DEFAULT_QUALITY = {"x264": 28, "x265": 28, "vvc": 35}  # CRF for x264/x265, QP for VVC
+DEFAULT_PRESET = {"x264": "medium", "x265": "medium", "vvc": "faster"}  # our codecs' defaults
 
 
 def codec_params(codec: str, gop: int) -> List[str]:
@@ -53,26 +45,37 @@ def codec_params(codec: str, gop: int) -> List[str]:
     ]
 
 
+def encode_command(exe: str, frames: List[np.ndarray], codec: str, quality: float, preset: str,
+                   gop: int) -> Tuple[List[str], bytes]:
+    """(ffmpeg command without its output file, stdin bytes) of a one-shot encode."""
+    h, w = frames[0].shape[:2]
+    if codec == "vvc":  # our VVC path runs ffmpeg itself: its command, all frames at once
+        raw = b"".join(rgb_to_yuv420p(f).to_ndarray().tobytes() for f in frames)
+        return VvcCodec(gop=gop, preset=preset)._encode_cmd(exe, int(quality), h, w), raw
+    return [
+        exe, *COMMON, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{DEFAULT_FPS:g}",
+        "-i", "pipe:0",
+        "-sws_flags", FFMPEG_SWS_FLAGS, "-pix_fmt", "yuv420p",
+        "-c:v", ENCODERS[codec], "-preset", preset, "-tune", "zerolatency", "-crf", f"{quality:g}",
+        "-g", str(gop), "-bf", "0", "-threads", "1", *codec_params(codec, gop),
+        "-f", RAW_FORMATS[codec],
+    ], b"".join(f.tobytes() for f in frames)  # fmt: skip
+
+
 def run_ffmpeg(
     frames: List[np.ndarray], codec: str, quality: float, preset: str, gop: int
 ) -> Tuple[bytes, np.ndarray]:
     """Encode with the ffmpeg CLI to raw Annex-B, decode back to RGB; return (stream, frames)."""
     exe = ffmpeg_exe()
     h, w = frames[0].shape[:2]
-    common = ["-hide_banner", "-nostats", "-loglevel", "error", "-threads", "1"]
-    common += ["-filter_threads", "1"]
-    enc = [
-        exe, *common, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{DEFAULT_FPS:g}",
-        "-i", "pipe:0",
-        "-sws_flags", FFMPEG_SWS_FLAGS, "-pix_fmt", "yuv420p",
-        "-c:v", ENCODERS[codec], "-preset", preset, "-tune", "zerolatency", "-crf", f"{quality:g}",
-        "-g", str(gop), "-bf", "0", "-threads", "1", *codec_params(codec, gop),
-        "-f", RAW_FORMATS[codec], "pipe:1",
-    ]  # fmt: skip
-    rgb = b"".join(f.tobytes() for f in frames)
-    stream = subprocess.run(enc, input=rgb, capture_output=True, check=True).stdout
+    enc, stdin = encode_command(exe, frames, codec, quality, preset, gop)
+    with tempfile.TemporaryDirectory() as tmp:  # not stdout: libvvenc prints warnings there
+        path = os.path.join(tmp, "stream")
+        subprocess.run(enc + [path], input=stdin, capture_output=True, check=True)
+        with open(path, "rb") as f:
+            stream = f.read()
     dec = [
-        exe, *common, "-f", RAW_FORMATS[codec], "-i", "pipe:0", "-fps_mode", "passthrough",
+        exe, *COMMON, "-f", RAW_FORMATS[codec], "-i", "pipe:0", "-fps_mode", "passthrough",
         "-sws_flags", FFMPEG_SWS_FLAGS, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
     ]  # fmt: skip
     raw = subprocess.run(dec, input=stream, capture_output=True, check=True).stdout
@@ -107,36 +110,42 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT")
     parser.add_argument("--codec", choices=sorted(ENCODERS), default="x264")
-    parser.add_argument("--crf", type=float, default=28.0)
-    parser.add_argument("--preset", default="medium")
+    parser.add_argument("--quality", type=float,
+                        help="CRF (x264/x265, default 28) or QP (vvc, default 35)")
+    parser.add_argument("--preset", help="default: our codec's (medium; vvc: faster)")
     parser.add_argument("--gop", type=int, default=12)
     parser.add_argument("--repeat", type=int, default=5, help="runs per side; the best counts")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
+    quality = DEFAULT_QUALITY[args.codec] if args.quality is None else args.quality
+    preset = args.preset or DEFAULT_PRESET[args.codec]
 
-    frames = synthetic_frames(args.frames, height, width)
-    codec = build_codec(args.codec, gop=args.gop, preset=args.preset, threads=1)
+    frames = list(sample_video(args.frames, height, width))
+    codec = build_codec(args.codec, gop=args.gop, preset=preset, threads=1)
     (t_ours, coded), (t_ff, (stream, decoded)) = best_times(
         [
-            lambda: codec.encode(frames, args.crf),
-            lambda: run_ffmpeg(frames, args.codec, args.crf, args.preset, args.gop),
+            lambda: list(codec.encode_stream(frames, quality)),
+            lambda: run_ffmpeg(frames, args.codec, quality, preset, args.gop),
         ],
         args.repeat,
     )
     fps_ours, fps_ff = args.frames / t_ours, args.frames / t_ff
     print(
-        f"{args.codec} {width}x{height}, {args.frames} frames, crf {args.crf:g}, "
-        f"preset {args.preset}, gop {args.gop}, 1 thread"
+        f"{args.codec} {width}x{height}, {args.frames} frames, quality {quality:g}, "
+        f"preset {preset}, gop {args.gop}, 1 thread"
     )
+    bitstream = b"".join(c.data for c in coded)
     for label, fps, nbytes, recon in (
-        ("ours   (PyAV encode+decode)", fps_ours, len(coded.bitstream), coded.frames),
-        ("ffmpeg (CLI encode+decode) ", fps_ff, len(stream), decoded),
+        ("ours   (streaming encode+decode)", fps_ours, len(bitstream), [c.image for c in coded]),
+        ("ffmpeg (CLI encode+decode)      ", fps_ff, len(stream), decoded),
     ):
-        quality = np.mean([psnr(a, b) for a, b in zip(frames, recon)])
-        print(f"{label}: {fps:7.1f} frames/s  {nbytes:8d} bytes  PSNR {quality:.2f} dB")
-    stripped = annexb.strip_user_data_unregistered_sei(stream, RAW_FORMATS[args.codec])
-    same = stripped == coded.bitstream
-    print(f"same bitstream (after stripping the info SEI): {same}")
+        mean_psnr = np.mean([psnr(a, b) for a, b in zip(frames, recon)])
+        print(f"{label}: {fps:7.1f} frames/s  {nbytes:8d} bytes  PSNR {mean_psnr:.2f} dB")
+    stripped = stream
+    if args.codec != "vvc":  # x264 writes an encoder-info SEI that our path strips
+        stripped = annexb.strip_user_data_unregistered_sei(stream, RAW_FORMATS[args.codec])
+    same = stripped == bitstream
+    print(f"same bitstream (x264/x265: after stripping the info SEI): {same}")
     print(f"ratio ours/ffmpeg: {fps_ours / fps_ff:.2f}  (goal >= 0.9)")
 
 

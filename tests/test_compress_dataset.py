@@ -115,6 +115,14 @@ def _no_temp_files(root):
     return [p for p in _files(root) if p.endswith(".tmp")]
 
 
+def _cli():
+    spec = importlib.util.spec_from_file_location(
+        "compress_cli", os.path.join(REPO, "tools", "compress_dataset.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
 def test_build_sequences_groups_orders_and_names(tmp_path):
     dicts = [
         {"file_name": str(tmp_path / "v" / "b.jpg"), "video_id": "x/y", "frame_idx": 1},
@@ -293,10 +301,7 @@ def test_codec_options_are_recorded_and_checked(tiny, tmp_path):
 
 
 def test_cli_compress_merge_and_exit_status(tiny, tmp_path, registered):
-    path = os.path.join(REPO, "tools", "compress_dataset.py")
-    spec = importlib.util.spec_from_file_location("compress_cli", path)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = _cli()
     out = str(tmp_path / "out")
     args = ["--dataset", tiny, "--codec", FAKE, "--quality", "4", "8.0", "--output", out, "--no-progress",
             "--codec-opt", "scale=2"]
@@ -347,3 +352,38 @@ def test_x264_and_jpeg_end_to_end(tmp_path, registered):
     err = (item["image"].float() - item["original"].float()).pow(2).mean().item()
     psnr = 10 * np.log10(255.0 ** 2 / err)
     assert 25 < psnr < 60
+
+
+def test_bitstream_storage_resumes_shards_and_keeps_one_storage(tiny, tmp_path):
+    """--store bitstream: no PNG, the frames of PNG storage; resume redoes exactly the sequences
+    whose bitstream is missing or truncated; shards and --merge give the manifest of one run;
+    a folder holds one storage."""
+    out = str(tmp_path / "out")
+    path = compress_dataset(tiny, FAKE, [8], out, progress=False, storage="bitstream")[8]
+    qdir = os.path.dirname(path)
+    manifest = load_manifest(path)
+    assert manifest["storage"] == "bitstream" and not os.path.exists(os.path.join(qdir, "frames"))
+    png = load_manifest(compress_dataset(tiny, FAKE, [8], str(tmp_path / "png"), progress=False)[8])
+    assert [{k: v for k, v in f.items() if k != "offset"} for f in manifest["frames"]] == png["frames"]
+
+    FakeCodec.calls.clear()
+    compress_dataset(tiny, FAKE, [8], out, progress=False, storage="bitstream")
+    assert FakeCodec.calls == []
+    os.remove(os.path.join(qdir, "bitstreams", "video-9.bin"))
+    with open(os.path.join(qdir, "bitstreams", "image-5.bin"), "r+b") as f:
+        f.truncate(3)
+    again = compress_dataset(tiny, FAKE, [8], out, progress=False, storage="bitstream")[8]
+    assert sorted(FakeCodec.calls) == [(1, 8), (2, 8)]  # image-5 and video-9 only
+    assert load_manifest(again) == manifest
+    with pytest.raises(ValueError, match="stored as bitstream, not png"):
+        compress_dataset(tiny, FAKE, [8], out, progress=False)
+
+    cli = _cli()
+    args = ["--dataset", tiny, "--codec", FAKE, "--quality", "8", "--output", str(tmp_path / "sh"),
+            "--no-progress", "--store", "bitstream"]
+    assert cli.main(args + ["--shard", "0/2"]) == 0 and cli.main(args + ["--shard", "1/2"]) == 0
+    sharded = os.path.join(str(tmp_path / "sh"), tiny, FAKE, "q8", "manifest.json")
+    assert load_manifest(sharded) == manifest
+    os.remove(sharded)
+    assert cli.main(args[:-2] + ["--merge"]) == 0  # the storage the records say
+    assert load_manifest(sharded) == manifest

@@ -94,7 +94,10 @@ def test_load_manifest_validates(tmp_path, images):
         return path
 
     with pytest.raises(ValueError, match="version"):
+        load_manifest(broken(lambda d: d.update(version=3)))
+    with pytest.raises(ValueError, match="storage"):  # version 2 says how frames are stored
         load_manifest(broken(lambda d: d.update(version=2)))
+    assert load_manifest(broken(lambda d: d.update(version=2, storage="png")))["frames"] == good["frames"]
     with pytest.raises(ValueError, match="missing field.*codec"):
         load_manifest(broken(lambda d: d.pop("codec")))
     with pytest.raises(ValueError, match=r"frames\[1\].*bits"):
@@ -299,3 +302,41 @@ def test_mapper_from_config():
     mapper = PairDatasetMapper(cfg, is_train=True)
     assert mapper.load_original and mapper.image_format == "BGR"
     assert PairDatasetMapper(cfg, is_train=True, load_original=False).load_original is False
+
+
+def test_bitstream_manifest_validates_and_joins(tmp_path, images):
+    """Version 2, storage "bitstream": sequences with bitstream and CRC, frames numbered 0..n-1
+    with byte offsets that follow their bits; records locate their frame in the bitstream."""
+    base, paths, _ = images
+    frames = [{"original_file_name": p, "original_relpath": f"im{i}.png", "file_name": f"frames/im{i}.png",
+               "bits": 8 * (10 + i), "sequence": "s", "frame_index": i, "offset": [0, 10, 21][i]}
+              for i, p in enumerate(paths)]
+    path = _manifest(tmp_path / "bit" / "manifest.json", frames)
+    good = json.load(open(path))
+    good.update(version=2, storage="bitstream", sequences=[
+        {"sequence": "s", "num_frames": 3, "bits": 8 * 33, "bitstream": "bitstreams/s.bin", "crc32": 1}])
+
+    def write(change):
+        data = json.loads(json.dumps(good))
+        change(data)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        return path
+
+    for change, message in (
+        (lambda d: d["frames"][2].update(offset=20), "byte offsets"),
+        (lambda d: d["frames"][1].update(frame_index=2), "frame indices"),
+        (lambda d: d["sequences"][0].update(bitstream="/abs/s.bin"), "relative"),
+        (lambda d: d["sequences"].append(dict(d["sequences"][0])), "listed twice"),
+        (lambda d: d.pop("sequences"), "sequences"),
+        (lambda d: d["frames"][0].update(sequence="t"), "'t'"),
+        (lambda d: d["frames"][0].pop("offset"), "offset"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_manifest(write(change))
+    write(lambda d: None)
+    records = load_pair_dicts(path, base)
+    assert [r["bitstream_frame"] for r in records] == [
+        {"manifest": os.path.abspath(path), "sequence": "s", "index": i} for i in range(3)]
+    assert [r["file_name"] for r in records] == [str(tmp_path / "bit" / "frames" / f"im{i}.png")
+                                                 for i in range(3)]

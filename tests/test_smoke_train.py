@@ -6,10 +6,12 @@ import os
 
 import pytest
 
+from catalog_helpers import catalog_aside
 import vcm_d2  # noqa: F401
 from vcm_d2.engine.compress import compress_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAIR = "vcm_synth_val@x264_q40"
 
 
 def _train_net():
@@ -19,9 +21,17 @@ def _train_net():
     return mod
 
 
-def test_train_then_evaluate_on_compressed(tmp_path):
+@pytest.mark.parametrize("storage", ["png", "bitstream"])
+def test_train_then_evaluate_on_compressed(tmp_path, storage, one_torch_thread):
+    """Both storages of a pair dataset (decoded PNGs, or only the bitstreams, whose frames the
+    mapper decodes), trained on and evaluated through tools/train_net.py."""
+    with catalog_aside([PAIR]):
+        _train_then_evaluate(tmp_path, storage)
+
+
+def _train_then_evaluate(tmp_path, storage):
     manifests = compress_dataset("vcm_synth_val", "x264", [40], str(tmp_path / "comp"),
-                                 codec_options={"gop": 12}, progress=False)
+                                 codec_options={"gop": 12}, progress=False, storage=storage)
     with open(manifests[40]) as f:
         manifest_bpp = json.load(f)["bpp"]
     train_net = _train_net()
@@ -30,7 +40,7 @@ def test_train_then_evaluate_on_compressed(tmp_path):
         "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000",
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "out"),
         "VCM.PAIRS.ROOTS", f"('{tmp_path / 'comp'}',)",
-        "DATASETS.TEST", "('vcm_synth_val@x264_q40',)",
+        "DATASETS.TRAIN", f"('{PAIR}',)", "DATASETS.TEST", f"('{PAIR}',)",
     ])
     train_net.main(args)
     final = tmp_path / "out" / "model_final.pth"
@@ -41,7 +51,7 @@ def test_train_then_evaluate_on_compressed(tmp_path):
         "--eval-only", "MODEL.WEIGHTS", str(final), "OUTPUT_DIR", str(tmp_path / "eval"),
         "DATALOADER.NUM_WORKERS", "0",
         "VCM.PAIRS.ROOTS", f"('{tmp_path / 'comp'}',)",
-        "DATASETS.TEST", "('vcm_synth_val@x264_q40',)",
+        "DATASETS.TEST", f"('{PAIR}',)",
     ])
     res = train_net.main(args)
     assert 0.0 <= res["bbox"]["AP"] <= 100.0

@@ -8,9 +8,11 @@ Example (two machines, each running one shard; the last one to finish writes the
         --workers 8 --shard 0/2
 
 Output: ``<output>/<dataset>/<codec>/q<quality>/{manifest.json,frames/,records/}``, read back by
-``vcm_d2.data.pairs`` (pair datasets named ``<dataset>@<codec>_q<quality>``). Reruns resume
-and remove the temp files of the writes a killed run left unfinished (shards running at the same
-time leave each other's alone).
+``vcm_d2.data.pairs`` (pair datasets named ``<dataset>@<codec>_q<quality>``). With ``--store
+bitstream``, ``bitstreams/`` (one file per sequence, 1/25 to 1/300 of the disk) replaces the PNGs
+of ``frames/``, and the pair dataset decodes frames when it reads them. Reruns resume and remove
+the temp files of the writes a killed run left unfinished (shards running at the same time leave
+each other's alone).
 With ``--degradation lowlight|noise`` the source frames are first degraded (TransVFC robustness
 test, ``vcm_d2.data.degradation``) and the dataset ``<dataset>~<kind>`` is compressed instead.
 Exit status 1 if some sequence failed (all others are finished first) or ``--merge`` found
@@ -31,6 +33,7 @@ from vcm_d2.codecs import available_codecs, parse_codec_options, parse_quality
 from vcm_d2.data.datasets.builtin import DEGRADED_DIRNAME, datasets_root
 from vcm_d2.data.degradation import DEGRADATIONS, degrade_dataset
 from vcm_d2.data.pairs import PAIR_NAME_SEPARATOR as PAIR_SEPARATOR
+from vcm_d2.data.pairs import STORAGE_BITSTREAM, STORAGE_PNG, STORAGES
 from vcm_d2.engine.compress import CompressionError, assemble_manifests, compress_dataset, parse_shard
 
 SYNTHETIC_PREFIX = "vcm_synth_"  # names registered by vcm_d2.data.synthetic.register_synthetic
@@ -50,7 +53,12 @@ def get_parser() -> argparse.ArgumentParser:
                         help="codec constructor option (repeatable), e.g. gop=12 preset=medium")
     parser.add_argument("--workers", type=int, default=1, help="processes (1: in-process)")
     parser.add_argument("--shard", default="0/1", help="i/N: compress every N-th sequence from i")
-    parser.add_argument("--save-bitstreams", action="store_true", help="also keep each sequence's bitstream")
+    parser.add_argument("--store", choices=STORAGES,
+                        help=f"{STORAGE_PNG} (the default): the decoded frames as PNG; "
+                        f"{STORAGE_BITSTREAM}: only each sequence's bitstream, decoded when read "
+                        "(with --merge: default what the records say)")
+    parser.add_argument("--save-bitstreams", action="store_true",
+                        help="with --store png, also keep each sequence's bitstream")
     parser.add_argument("--merge", action="store_true",
                         help="only assemble manifest.json from the records of all shards")
     parser.add_argument("--register-synthetic", metavar="ROOT",
@@ -150,12 +158,13 @@ def main(argv=None) -> int:
     for name in datasets:
         try:
             if args.merge:
-                manifests = assemble_manifests(name, args.codec, args.quality, args.output, options or None)
+                manifests = assemble_manifests(name, args.codec, args.quality, args.output,
+                                               options or None, args.store)
             else:
                 manifests = compress_dataset(
                     name, args.codec, args.quality, args.output, codec_options=options,
                     workers=args.workers, shard=shard, progress=not args.no_progress,
-                    save_bitstreams=args.save_bitstreams,
+                    save_bitstreams=args.save_bitstreams, storage=args.store or STORAGE_PNG,
                 )
         except CompressionError as e:
             log.error("%s", e)

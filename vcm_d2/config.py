@@ -5,6 +5,7 @@ nothing silently overwrites detectron2's or another project's keys.
 """
 from detectron2.config import CfgNode as CN
 
+from .codecs.stored import DEFAULT_DECODED_CACHE_MB
 from .modeling.cdre.config import add_cdre_config
 from .modeling.restoration.config import add_restoration_config
 from .modeling.transvfc.config import add_transvfc_config
@@ -61,6 +62,8 @@ def add_vcm_config(cfg):
     # Datasets root the built copies go to (<root>/vcm_compressed, <root>/vcm_degraded, where
     # `import vcm_d2` finds them again); "" = $DETECTRON2_DATASETS (default ./datasets).
     _C.VCM.PAIRS.BUILD_ROOT = ""
+    # MB per data-loader process for frames decoded from bitstream-stored pairs (LRU of GOPs).
+    _C.VCM.PAIRS.DECODED_CACHE_MB = DEFAULT_DECODED_CACHE_MB
 
     # Rate accounting in evaluation.
     _C.VCM.EVAL = CN()

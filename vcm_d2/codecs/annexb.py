@@ -1,15 +1,16 @@
 """Annex-B byte-stream parsing for H.264, H.265 and H.266 (VVC).
 
 Used to (a) strip encoder-info SEI messages (x264 writes a ~600-byte "user data
-unregistered" SEI into the first packet, which would dominate the rate of small frames)
-and (b) split a raw VVC stream into access units to get per-frame bit counts.
+unregistered" SEI into the first packet, which would dominate the rate of small frames),
+(b) split a raw VVC stream into access units to get per-frame bit counts and (c) find the
+frames a stored stream can be decoded from (IDR access units carrying their parameter sets).
 
 A NAL unit here is the raw byte span from the start of its start code (``00 00 01``,
 plus one leading ``00`` if present) up to the next start code, so concatenating the spans
 of all NAL units gives back the input exactly.
 """
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 START_CODE = b"\x00\x00\x01"
 
@@ -32,6 +33,12 @@ CODEC_H264 = "h264"
 CODEC_HEVC = "hevc"
 CODEC_VVC = "vvc"
 _NAL_HEADER_BYTES = {CODEC_H264: 1, CODEC_HEVC: 2, CODEC_VVC: 2}
+# IDR picture NAL types and the parameter sets an access unit needs to be decoded on its own
+# (H.264 Table 7-1, H.265 Table 7-1, H.266 Table 5; the VPS is optional in H.266).
+_IDR_TYPES = {CODEC_H264: frozenset({5}), CODEC_HEVC: frozenset({19, 20}),
+              CODEC_VVC: frozenset({7, 8})}
+_PARAMETER_SET_TYPES = {CODEC_H264: frozenset({7, 8}), CODEC_HEVC: frozenset({32, 33, 34}),
+                        CODEC_VVC: frozenset({15, 16})}
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,34 @@ def split_vvc_access_units(data: bytes) -> List[bytes]:
     if not units:
         raise ValueError("no coded picture found in VVC bitstream")
     return [b"".join(u) for u in units]
+
+
+def take_vvc_access_units(data: bytes, end_of_stream: bool) -> Tuple[List[bytes], bytes]:
+    """Split the finished access units off the start of a growing H.266 stream.
+
+    Returns (access units, rest): an access unit is finished once the next picture has begun,
+    or at the end of the stream, so ``rest`` holds the last, maybe unfinished, one (empty at
+    the end of the stream). Splitting the concatenation of the units and ``rest`` again gives
+    the same units, so taking units as bytes arrive equals ``split_vvc_access_units`` of the
+    whole stream.
+    """
+    if not data:
+        return [], b""
+    try:
+        units = split_vvc_access_units(data)
+    except ValueError:
+        if end_of_stream:
+            raise
+        return [], bytes(data)  # no picture yet
+    return (units, b"") if end_of_stream else (units[:-1], units[-1])
+
+
+def is_random_access_unit(access_unit: bytes, codec: str) -> bool:
+    """Whether one frame's bytes hold an IDR picture and every parameter set it needs, so that
+    decoding can start there (an IDR picture references nothing before it)."""
+    nal_type = {CODEC_H264: h264_nal_type, CODEC_HEVC: hevc_nal_type, CODEC_VVC: vvc_nal_type}[codec]
+    types = {nal_type(nal) for nal in split_nal_units(access_unit)}
+    return bool(types & _IDR_TYPES[codec]) and _PARAMETER_SET_TYPES[codec] <= types
 
 
 def frame_chunks(bitstream: bytes, frame_bits: Sequence[int]) -> List[bytes]:

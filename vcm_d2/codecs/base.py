@@ -1,19 +1,24 @@
 """Codec interface, registry and the frame preparation shared by all codecs."""
 import abc
+import json
 import math
 from dataclasses import dataclass
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 from fvcore.common.registry import Registry
 
+from .annexb import frame_chunks
+
 __all__ = [
     "CODEC_REGISTRY",
+    "CodedFrame",
     "CodedSequence",
     "Codec",
     "build_codec",
+    "cached_codec",
     "available_codecs",
-    "prepare_frames",
+    "iter_frames",
     "pad_frame",
 ]
 
@@ -38,6 +43,18 @@ class _CodecRegistry(Registry):
 
 CODEC_REGISTRY = _CodecRegistry("VCM_CODEC")
 CODEC_REGISTRY.__doc__ = """Registry of codecs: name -> Codec subclass (see ``build_codec``)."""
+
+
+@dataclass
+class CodedFrame:
+    """One frame out of ``Codec.encode_stream``: its reconstruction and its exact bytes."""
+
+    image: np.ndarray  # decoded frame, RGB uint8 HxWx3, same H, W as the input
+    data: bytes  # this frame's part of the bitstream (every byte that is counted)
+
+    @property
+    def bits(self) -> int:
+        return 8 * len(self.data)
 
 
 @dataclass
@@ -77,22 +94,24 @@ def _to_rgb(frame: Any, index: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def prepare_frames(frames: Sequence[np.ndarray]) -> Tuple[List[np.ndarray], int, int]:
-    """Validate frames and convert them to contiguous RGB uint8; return (frames, H, W).
+def iter_frames(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Validate frames one at a time and convert each to contiguous RGB uint8.
 
-    Raises ValueError on an empty sequence, a wrong dtype/shape or differing frame sizes.
+    Raises ValueError at the first frame of a wrong dtype/shape or of another size than frame
+    0, and at the end of an empty sequence.
     """
     if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and frames.dtype == np.uint8:
         raise ValueError("frames must be a sequence of images, not a single image array")
-    frames = list(frames)
-    if not frames:
+    size = None
+    for i, frame in enumerate(frames):
+        rgb = _to_rgb(frame, i)
+        if size is None:
+            size = rgb.shape[:2]
+        elif rgb.shape[:2] != size:
+            raise ValueError(f"frame {i} has size {rgb.shape[:2]}, frame 0 has {size}")
+        yield rgb
+    if size is None:
         raise ValueError("cannot encode an empty frame sequence")
-    rgb = [_to_rgb(f, i) for i, f in enumerate(frames)]
-    h, w = rgb[0].shape[:2]
-    for i, f in enumerate(rgb):
-        if f.shape[:2] != (h, w):
-            raise ValueError(f"frame {i} has size {f.shape[:2]}, frame 0 has {(h, w)}")
-    return rgb, h, w
 
 
 def padded_size(height: int, width: int, multiple: int, minimum: int = 1) -> Tuple[int, int]:
@@ -121,36 +140,95 @@ def check_decode_args(frame_bits: Sequence[int], height: int, width: int) -> Non
         raise ValueError("frame_bits is empty: nothing to decode")
 
 
+class _FrameSource:
+    """Iterator over validated input frames that counts them and remembers their size."""
+
+    def __init__(self, frames: Iterable[np.ndarray]):
+        self._frames = iter_frames(frames)
+        self.count = 0
+        self.shape: Tuple[int, ...] = ()
+
+    def __iter__(self) -> "_FrameSource":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        frame = next(self._frames)
+        self.count += 1
+        self.shape = frame.shape
+        return frame
+
+
 class Codec(abc.ABC):
     """A codec that encodes RGB frames to a bitstream and decodes it back.
 
-    Subclasses implement ``_encode_bitstream`` (returning the bytes and per-frame bits)
-    and ``decode``; ``encode`` always decodes the real bytes, so a reconstruction can
-    never diverge from what the bitstream carries.
+    ``encode_stream`` is the interface: frames in, one ``CodedFrame`` (reconstruction decoded
+    from the real bytes, and the bytes) out per frame, in order, with memory bounded by the
+    codec's delay, not by the number of frames. ``encode`` collects it into a
+    ``CodedSequence``. Subclasses implement ``decode`` and either ``_stream`` (a streaming
+    encoder, e.g. x264 through PyAV) or ``_encode_bitstream`` (the whole input at once; the
+    default ``_stream`` then codes one frame at a time for image codecs and the whole sequence
+    for video codecs).
     """
 
     name: str = ""
     is_video: bool = False
     quality_help: str = ""
 
-    def encode(self, frames: Sequence[np.ndarray], quality: float) -> CodedSequence:
-        """Encode ``frames`` at ``quality`` (see ``quality_help``) and decode the bytes back."""
-        rgb, h, w = prepare_frames(frames)
-        bitstream, frame_bits = self._encode_bitstream(rgb, quality)
-        frame_bits = [int(b) for b in frame_bits]
-        if len(frame_bits) != len(rgb) or sum(frame_bits) != 8 * len(bitstream):
-            raise RuntimeError(
-                f"{self.name}: encoder produced {len(frame_bits)} frame sizes summing to "
-                f"{sum(frame_bits)} bits for {len(rgb)} frames and {len(bitstream)} bytes"
-            )
-        decoded = self.decode(bitstream, frame_bits, h, w)
-        return CodedSequence(frames=decoded, bitstream=bytes(bitstream), frame_bits=frame_bits)
+    def encode_stream(self, frames: Iterable[np.ndarray], quality: float) -> Iterator[CodedFrame]:
+        """Encode ``frames`` (any iterable, pulled as needed) at ``quality`` (see
+        ``quality_help``); yield each frame's ``CodedFrame`` in order as soon as it is decoded.
 
-    @abc.abstractmethod
+        Raises ValueError on invalid frames (see ``iter_frames``) or quality, RuntimeError if
+        the encoder fails.
+        """
+        source = _FrameSource(frames)
+        produced = 0
+        for coded in self._stream(source, quality):
+            if produced >= source.count:  # frame i can only come out after frame i went in
+                raise RuntimeError(f"{self.name}: more coded frames than the {source.count} given")
+            image = coded.image
+            if image.shape != source.shape or image.dtype != np.uint8:
+                raise RuntimeError(
+                    f"{self.name}: frame {produced} decodes to {image.shape} {image.dtype}, "
+                    f"expected {source.shape} uint8"
+                )
+            produced += 1
+            yield coded
+        if produced != source.count:
+            raise RuntimeError(
+                f"{self.name}: {produced} coded frames for {source.count} input frames")
+
+    def encode(self, frames: Sequence[np.ndarray], quality: float) -> CodedSequence:
+        """``encode_stream`` collected: every decoded frame, the bitstream and bits per frame."""
+        coded = list(self.encode_stream(frames, quality))
+        return CodedSequence(frames=[c.image for c in coded],
+                             bitstream=b"".join(c.data for c in coded),
+                             frame_bits=[c.bits for c in coded])
+
+    def _stream(self, frames: Iterator[np.ndarray], quality: float) -> Iterator[CodedFrame]:
+        """Code validated RGB uint8 frames with ``_encode_bitstream`` and ``decode``: one frame
+        at a time for image codecs (frames are independent), the whole sequence at once for
+        video codecs. Streaming codecs override this."""
+        batches = ([f] for f in frames) if not self.is_video else [list(frames)]
+        for batch in batches:
+            height, width = batch[0].shape[:2]
+            bitstream, frame_bits = self._encode_bitstream(batch, quality)
+            frame_bits = [int(b) for b in frame_bits]
+            if len(frame_bits) != len(batch) or sum(frame_bits) != 8 * len(bitstream):
+                raise RuntimeError(
+                    f"{self.name}: encoder produced {len(frame_bits)} frame sizes summing to "
+                    f"{sum(frame_bits)} bits for {len(batch)} frames and {len(bitstream)} bytes"
+                )
+            decoded = self.decode(bitstream, frame_bits, height, width)
+            for image, data in zip(decoded, frame_chunks(bitstream, frame_bits)):
+                yield CodedFrame(image=image, data=data)
+
     def _encode_bitstream(
         self, frames: List[np.ndarray], quality: float
     ) -> Tuple[bytes, List[int]]:
         """Encode validated RGB uint8 frames; return (bitstream, bits per frame)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither _stream nor _encode_bitstream")
 
     @abc.abstractmethod
     def decode(
@@ -161,6 +239,12 @@ class Codec(abc.ABC):
         Raises ValueError/RuntimeError on a corrupt or truncated bitstream.
         """
 
+    def random_access_points(self, chunks: Sequence[bytes]) -> List[int]:
+        """Indices of the frames (given each frame's bytes) that decoding can start from: frame
+        i and every later frame decode from the bytes of frames i, i+1, ... alone. Always
+        includes 0. Image codecs: every frame; video codecs: frame 0 unless they say more."""
+        return list(range(len(chunks))) if not self.is_video else [0]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -170,6 +254,18 @@ def build_codec(name: str, **kwargs: Any) -> Codec:
     if name not in CODEC_REGISTRY:
         raise KeyError(f"unknown codec {name!r}; available codecs: {', '.join(available_codecs())}")
     return CODEC_REGISTRY.get(name)(**kwargs)
+
+
+_CODEC_CACHE: Dict[str, Codec] = {}
+
+
+def cached_codec(name: str, options: Mapping[str, Any]) -> Codec:
+    """``build_codec(name, **options)``, built once per process and configuration (learned
+    codecs are slow to build; codecs hold configuration only, so sharing one is safe)."""
+    key = json.dumps([name, dict(options)], sort_keys=True)
+    if key not in _CODEC_CACHE:
+        _CODEC_CACHE[key] = build_codec(name, **options)
+    return _CODEC_CACHE[key]
 
 
 def available_codecs() -> List[str]:

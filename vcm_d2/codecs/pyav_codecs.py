@@ -1,19 +1,22 @@
 """H.264 / H.265 through PyAV's bundled libx264 / libx265, encoded and decoded in-process.
 
+Frames stream through the encoder and the decoder one at a time (``Codec.encode_stream``).
 Bits are the raw Annex-B packet bytes (no container). x264's encoder-info SEI is stripped
 from the stream, x265 is told not to write it (``info=0``), so the counted bytes are the
 ones a real low-delay decoder needs: parameter sets (in every IDR access unit, since no
 global header is requested) plus slices.
 """
+import collections
 import functools
+import itertools
 from fractions import Fraction
-from typing import Dict, List, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import av
 import numpy as np
 
 from . import annexb
-from .base import CODEC_REGISTRY, Codec, check_decode_args, pad_frame, padded_size
+from .base import CODEC_REGISTRY, Codec, CodedFrame, check_decode_args, pad_frame, padded_size
 from .yuv import frame_to_rgb, rgb_to_yuv420p
 
 __all__ = ["X264Codec", "X265Codec", "H264IntraCodec", "H265IntraCodec", "open_encoder_context"]
@@ -132,73 +135,114 @@ class _PyAVCodec(Codec):
         }
 
     # -- encode / decode ------------------------------------------------------------------
-    def _encode_bitstream(
-        self, frames: List[np.ndarray], quality: float
-    ) -> Tuple[bytes, List[int]]:
-        h, w = frames[0].shape[:2]
-        ph, pw = padded_size(h, w, YUV420_MULTIPLE, self.min_size)
+    def _open_encoder(self, height: int, width: int, options: Dict[str, str]) -> "av.CodecContext":
         ctx = open_encoder_context(self.encoder)
-        ctx.width, ctx.height = pw, ph
+        ctx.width, ctx.height = width, height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = 1 / self.fps
         ctx.framerate = self.fps
         ctx.gop_size = self.gop
         ctx.max_b_frames = 0
         ctx.thread_count = self.threads
-        ctx.options = options = self._options(quality)
-        packets = []
-        try:
-            for i, img in enumerate(frames):
-                frame = rgb_to_yuv420p(pad_frame(img, ph, pw), self.threads)
-                frame.pts = i
-                packets.extend(ctx.encode(frame))
-            packets.extend(ctx.encode(None))
-        except av.FFmpegError as exc:
-            raise RuntimeError(
-                f"{self.name}: {self.encoder} failed ({pw}x{ph}, options {options}): {exc}"
-            ) from exc
-        if len(packets) != len(frames):
-            raise RuntimeError(f"{self.name}: {len(packets)} packets for {len(frames)} frames")
-        chunks = []
-        for i, pkt in enumerate(packets):
-            if pkt.pts != i:  # no B-frames: decode order must equal display order
+        ctx.options = options
+        return ctx
+
+    def _stream(self, frames: Iterator[np.ndarray], quality: float) -> Iterator[CodedFrame]:
+        """Each frame goes through the encoder, its packet (encoder-info SEI stripped) through
+        the decoder, and out as soon as both are done: x264/x265 with tune=zerolatency hold no
+        frame back, so memory does not grow with the sequence."""
+        options = self._options(quality)
+        first = next(frames)
+        h, w = first.shape[:2]
+        ph, pw = padded_size(h, w, YUV420_MULTIPLE, self.min_size)
+        encoder = self._open_encoder(ph, pw, options)
+        decoder = _Decoder(self, h, w)
+        chunks: Deque[bytes] = collections.deque()
+        images: Deque[np.ndarray] = collections.deque()
+        packets = 0
+
+        def code(frame: Optional["av.VideoFrame"]) -> None:
+            nonlocal packets
+            try:
+                out = encoder.encode(frame)
+            except av.FFmpegError as exc:
                 raise RuntimeError(
-                    f"{self.name}: packet {i} has pts {pkt.pts}; frames were reordered"
-                )
-            chunks.append(annexb.strip_user_data_unregistered_sei(bytes(pkt), self.decoder))
-        return b"".join(chunks), [8 * len(c) for c in chunks]
+                    f"{self.name}: {self.encoder} failed ({pw}x{ph}, options {options}): {exc}"
+                ) from exc
+            for pkt in out:
+                if pkt.pts != packets:  # no B-frames: decode order must equal display order
+                    raise RuntimeError(
+                        f"{self.name}: packet {packets} has pts {pkt.pts}; frames were reordered"
+                    )
+                packets += 1
+                chunk = annexb.strip_user_data_unregistered_sei(bytes(pkt), self.decoder)
+                chunks.append(chunk)
+                images.extend(decoder.push(chunk))
+
+        for i, img in enumerate(itertools.chain([first], frames)):
+            frame = rgb_to_yuv420p(pad_frame(img, ph, pw), self.threads)
+            frame.pts = i
+            code(frame)
+            while chunks and images:
+                yield CodedFrame(image=images.popleft(), data=chunks.popleft())
+        code(None)
+        images.extend(decoder.push(None))
+        if len(chunks) != len(images):
+            raise RuntimeError(
+                f"{self.name}: the decoder returned {len(images)} frames for {len(chunks)} packets"
+            )
+        while chunks:
+            yield CodedFrame(image=images.popleft(), data=chunks.popleft())
 
     def decode(
         self, bitstream: bytes, frame_bits: Sequence[int], height: int, width: int
     ) -> List[np.ndarray]:
         check_decode_args(frame_bits, height, width)
-        height, width = int(height), int(width)
-        ph, pw = padded_size(height, width, YUV420_MULTIPLE, self.min_size)
         chunks = annexb.frame_chunks(bitstream, frame_bits)
-        ctx = av.CodecContext.create(self.decoder, "r")
-        ctx.thread_count = self.threads
-        # "explode": fail on any detected bitstream error instead of concealing it.
-        ctx.options = {"err_detect": "crccheck+bitstream+buffer+explode"}
-        decoded = []
-        try:
-            for chunk in chunks:
-                decoded.extend(ctx.decode(av.Packet(chunk)))
-            decoded.extend(ctx.decode(None))
-        except av.FFmpegError as exc:
-            raise RuntimeError(f"{self.name}: corrupt bitstream: {exc}") from exc
-        if len(decoded) != len(chunks):
+        decoder = _Decoder(self, height, width)
+        out = [image for chunk in chunks for image in decoder.push(chunk)]
+        out += decoder.push(None)
+        if len(out) != len(chunks):
             raise RuntimeError(
-                f"{self.name}: decoded {len(decoded)} frames but frame_bits lists {len(chunks)} "
+                f"{self.name}: decoded {len(out)} frames but frame_bits lists {len(chunks)} "
                 "(corrupt or truncated bitstream)"
             )
+        return out
+
+    def random_access_points(self, chunks: Sequence[bytes]) -> List[int]:
+        """Frame 0 and every IDR frame (each carries its parameter sets: no global header)."""
+        return [i for i, c in enumerate(chunks)
+                if i == 0 or annexb.is_random_access_unit(c, self.decoder)]
+
+
+class _Decoder:
+    """A PyAV decoder of one codec's frames: packets in, RGB frames of the coded size out."""
+
+    def __init__(self, codec: _PyAVCodec, height: int, width: int):
+        self.name = codec.name
+        self.threads = codec.threads
+        self.height, self.width = int(height), int(width)
+        self.padded = padded_size(self.height, self.width, YUV420_MULTIPLE, codec.min_size)
+        self.ctx = av.CodecContext.create(codec.decoder, "r")
+        self.ctx.thread_count = codec.threads
+        # "explode": fail on any detected bitstream error instead of concealing it.
+        self.ctx.options = {"err_detect": "crccheck+bitstream+buffer+explode"}
+
+    def push(self, chunk: Optional[bytes]) -> List[np.ndarray]:
+        """Decode one frame's bytes (None: flush); return the frames that came out."""
+        try:
+            frames = self.ctx.decode(None if chunk is None else av.Packet(chunk))
+        except av.FFmpegError as exc:
+            raise RuntimeError(f"{self.name}: corrupt bitstream: {exc}") from exc
         out = []
-        for frame in decoded:
-            if (frame.height, frame.width) != (ph, pw):
+        for frame in frames:
+            if (frame.height, frame.width) != self.padded:
                 raise RuntimeError(
                     f"{self.name}: decoded frame is {frame.height}x{frame.width}, "
-                    f"expected {ph}x{pw}"
+                    f"expected {self.padded[0]}x{self.padded[1]}"
                 )
-            out.append(np.ascontiguousarray(frame_to_rgb(frame, self.threads)[:height, :width]))
+            rgb = frame_to_rgb(frame, self.threads)
+            out.append(np.ascontiguousarray(rgb[: self.height, : self.width]))
         return out
 
 

@@ -37,8 +37,10 @@ from detectron2.data import (
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..codecs.stored import StoredBitstreamError
 from ..utils.rate import BITS
 from .mapper import PairDatasetMapper
+from .pairs import BITSTREAM_FRAME, BITSTREAM_FRAMES
 
 __all__ = ["ClipDatasetMapper", "to_video_dicts", "build_clip_train_loader",
            "build_video_test_loader", "is_video_dataset"]
@@ -49,7 +51,8 @@ logger = logging.getLogger(__name__)
 # keys they become.
 _VIDEO_LIST_KEYS = {"file_names": "file_name", "image_ids": "image_id",
                     "annotations": "annotations", "sem_seg_file_names": "sem_seg_file_name",
-                    "original_file_names": "original_file_name", BITS: BITS, "bpp": "bpp"}
+                    "original_file_names": "original_file_name", BITS: BITS, "bpp": "bpp",
+                    BITSTREAM_FRAMES: BITSTREAM_FRAME}
 # evaluator_type of datasets evaluated video by video (whole videos in inference).
 VIDEO_EVALUATOR_TYPES = ("ytvis",)
 
@@ -147,12 +150,14 @@ class ClipDatasetMapper(PairDatasetMapper):
     def _where(frame: dict) -> str:
         return f"video {frame.get('video_id')!r} frame {frame.get('frame_idx')}"
 
-    def _read(self, frame: dict, key: str) -> np.ndarray:
+    def _read_image(self, frame: dict) -> np.ndarray:
         try:
-            return utils.read_image(frame[key], format=self.image_format)
+            return super()._read_image(frame)
         except (FileNotFoundError, OSError) as e:
-            raise FileNotFoundError(f"{self._where(frame)}: cannot read {key} "
-                                    f"{frame[key]!r} ({e})") from e
+            raise FileNotFoundError(f"{self._where(frame)}: cannot read file_name "
+                                    f"{frame['file_name']!r} ({e})") from e
+        except StoredBitstreamError as e:
+            raise StoredBitstreamError(f"{self._where(frame)}: {e}") from e
 
     def _check_masks(self, frame: dict, shape) -> None:
         """RLE masks must have the frame's size (detectron2 would only assert later)."""
@@ -165,7 +170,7 @@ class ClipDatasetMapper(PairDatasetMapper):
 
     def _map_frame(self, frame: dict, transforms: Optional[T.TransformList]):
         frame = copy.deepcopy(frame)
-        image = self._read(frame, "file_name")
+        image = self._read_image(frame)
         try:
             utils.check_image_size(frame, image)
         except utils.SizeMismatchError as e:

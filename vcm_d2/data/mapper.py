@@ -9,13 +9,18 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..codecs.stored import DEFAULT_DECODED_CACHE_MB, DecodedFrameCache
+from .pairs import BITSTREAM_FRAME, read_frame
+
 __all__ = ["PairDatasetMapper"]
 
 
 class PairDatasetMapper(DatasetMapper):
     """DatasetMapper that reads the compressed image and, optionally, its original.
 
-    ``file_name`` (the compressed frame) becomes "image" exactly as in DatasetMapper. With
+    ``file_name`` (the compressed frame) becomes "image" exactly as in DatasetMapper; a frame of
+    a bitstream-stored pair dataset is decoded from its bitstream (``pairs.read_frame``, through
+    this mapper's cache of decoded segments: one per data-loader worker). With
     ``load_original``, ``original_file_name`` becomes "original" (CHW uint8 tensor in the same
     ``image_format``), transformed by the very ``TransformList`` drawn for the compressed image,
     so both stay pixel-aligned under random flips, resizes and crops. Annotations and sem_seg are
@@ -23,21 +28,32 @@ class PairDatasetMapper(DatasetMapper):
     """
 
     @configurable
-    def __init__(self, is_train: bool, *, load_original: bool = False, **kwargs):
+    def __init__(self, is_train: bool, *, load_original: bool = False,
+                 decoded_cache_mb: float = DEFAULT_DECODED_CACHE_MB, **kwargs):
         """
         Args:
             is_train, kwargs: as for detectron2's DatasetMapper.
             load_original: also read ``original_file_name`` into "original". False for
                 compressed-only evaluation (the original is then never read).
+            decoded_cache_mb: memory for the frames decoded from stored bitstreams, per process.
         """
         super().__init__(is_train, **kwargs)
         self.load_original = bool(load_original)
+        self.frame_cache = DecodedFrameCache(decoded_cache_mb)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, load_original: Optional[bool] = None):
         ret = super().from_config(cfg, is_train)
         ret["load_original"] = cfg.VCM.PAIRS.LOAD_ORIGINAL if load_original is None else load_original
+        ret["decoded_cache_mb"] = cfg.VCM.PAIRS.DECODED_CACHE_MB
         return ret
+
+    def _read_image(self, dataset_dict: dict) -> np.ndarray:
+        """The record's (compressed) frame, from its file or its stored bitstream; the record
+        loses its ``bitstream_frame``, so both storages give the same outputs."""
+        image = read_frame(dataset_dict, self.image_format, self.frame_cache)
+        dataset_dict.pop(BITSTREAM_FRAME, None)
+        return image
 
     def _read_original(self, dataset_dict: dict, image: np.ndarray) -> np.ndarray:
         if "original_file_name" not in dataset_dict:
@@ -56,7 +72,7 @@ class PairDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = self._read_image(dataset_dict)
         utils.check_image_size(dataset_dict, image)
         original = self._read_original(dataset_dict, image) if self.load_original else None
 

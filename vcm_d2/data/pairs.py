@@ -1,32 +1,51 @@
 """Compressed "pair" datasets: a base dataset joined with a compression manifest.
 
 ``tools/compress_dataset.py`` (``vcm_d2.engine.compress``) writes, per codec and quality,
-``<root>/<dataset>/<codec>/q<quality>/manifest.json`` plus the decoded frames as PNG. This module
-reads such manifests and registers detectron2 datasets whose records point ``file_name`` at the
-compressed frame and keep the original in ``original_file_name`` together with the exact bits.
+``<root>/<dataset>/<codec>/q<quality>/manifest.json`` plus either the decoded frames as PNG
+(storage "png") or only each sequence's bitstream (storage "bitstream", 1/25 of the disk or
+less). This module reads such manifests and registers detectron2 datasets whose records point
+``file_name`` at the compressed frame and keep the original in ``original_file_name`` together
+with the exact bits.
+With bitstream storage ``file_name`` is the frame's name only (the PNG it would have): the record
+also carries ``bitstream_frame`` (``bitstream_frames`` in video dicts) and the frame is decoded
+when read. Read a record's frame with :func:`read_frame`, which handles both storages.
 
 Records are joined by original file name: first by the normalized path, then (so a dataset that
 was compressed on another machine, under another ``DETECTRON2_DATASETS``, still matches) by the
 path relative to the common folder of all the dataset's frames, which the manifest stores per frame
 as ``original_relpath``.
 """
+import functools
 import glob
 import json
 import logging
 import math
 import os
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import convert_PIL_to_numpy, read_image
+from PIL import Image
 
+from ..codecs.stored import DecodedFrameCache, StoredBitstreamError, StoredSequence
 from ..utils.rate import BITS
 
 __all__ = [
     "MANIFEST_VERSION",
     "MANIFEST_FILENAME",
+    "STORAGE_PNG",
+    "STORAGE_BITSTREAM",
+    "STORAGES",
+    "BITSTREAM_FRAME",
+    "BITSTREAM_FRAMES",
     "load_manifest",
+    "manifest_storage",
+    "manifest_version",
     "load_pair_dicts",
+    "read_frame",
+    "stored_sequence",
     "register_pair_dataset",
     "register_pair_datasets_from_dir",
     "register_pair_datasets_from_root",
@@ -42,8 +61,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+# Version 2 added bitstream storage ("storage", per-frame "offset", per-sequence "bitstream" and
+# "crc32"). A PNG-stored manifest is still written as version 1 (no "storage": older vcm_d2 reads
+# it); every version up to MANIFEST_VERSION is read.
+MANIFEST_VERSION = 2
 MANIFEST_FILENAME = "manifest.json"
+STORAGE_PNG = "png"  # the decoded frames as PNG files
+STORAGE_BITSTREAM = "bitstream"  # only each sequence's bitstream; frames are decoded when read
+STORAGES = (STORAGE_PNG, STORAGE_BITSTREAM)
+# Record key of a frame kept in a stored bitstream: {"manifest": manifest path, "sequence": key,
+# "index": frame index in the sequence}; video dicts have one per frame under BITSTREAM_FRAMES.
+BITSTREAM_FRAME = "bitstream_frame"
+BITSTREAM_FRAMES = "bitstream_frames"
+# Bitstream-stored manifests whose sequences a process keeps indexed (see stored_sequence).
+MANIFESTS_INDEXED = 16
 # Separates the base dataset name from the codec/quality suffix in pair dataset names.
 PAIR_NAME_SEPARATOR = "@"
 # Number of offending names quoted in error messages (the rest are counted).
@@ -70,8 +101,17 @@ _FRAME_FIELDS = {
     "sequence": str,
     "frame_index": int,
 }
+_SEQUENCE_FIELDS = {  # the "sequences" entries of a bitstream-stored manifest
+    "sequence": str,
+    "num_frames": int,
+    BITS: int,
+    "bitstream": str,
+    "crc32": int,
+}
+# Per-frame fields of a pair record and the keys their per-frame lists have in a video dict.
+_VIDEO_FIELDS = {"file_name": "file_names", BITS: BITS, "bpp": "bpp", BITSTREAM_FRAME: BITSTREAM_FRAMES}
 # Base metadata that describes the compression, not the dataset: never copied to a pair dataset.
-_PAIR_ONLY_METADATA = ("name", "codec", "quality", "bpp", "manifest", "base_dataset")
+_PAIR_ONLY_METADATA = ("name", "codec", "quality", "bpp", "manifest", "base_dataset", "storage")
 
 
 # ----------------------------------------------------------------------------- naming helpers
@@ -147,14 +187,29 @@ def _check_fields(obj: Any, fields: Dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: field {key!r} has invalid value {value!r}")
 
 
+def manifest_version(storage: str) -> int:
+    """The version a manifest of ``storage`` is written with: the oldest that describes it."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    return 1 if storage == STORAGE_PNG else MANIFEST_VERSION
+
+
+def manifest_storage(manifest: Mapping[str, Any]) -> str:
+    """How a (validated) manifest's frames are stored: "png" or "bitstream" (version 1: png)."""
+    return manifest["storage"] if manifest["version"] >= 2 else STORAGE_PNG
+
+
 def validate_manifest(manifest: Any, where: str = "manifest") -> None:
-    """Raise ValueError naming the problem if ``manifest`` is not a valid version-1 manifest."""
-    if isinstance(manifest, dict) and manifest.get("version") != MANIFEST_VERSION:
+    """Raise ValueError naming the problem if ``manifest`` is not a valid manifest."""
+    if isinstance(manifest, dict) and manifest.get("version") not in range(1, MANIFEST_VERSION + 1):
         raise ValueError(
             f"{where}: unsupported manifest version {manifest.get('version')!r} "
-            f"(this vcm_d2 reads version {MANIFEST_VERSION})"
+            f"(this vcm_d2 reads versions 1 to {MANIFEST_VERSION})"
         )
     _check_fields(manifest, _MANIFEST_FIELDS, where)
+    if manifest["version"] >= 2 and manifest.get("storage") not in STORAGES:
+        raise ValueError(f"{where}: field 'storage' must be one of {STORAGES}, "
+                         f"got {manifest.get('storage')!r}")
     for i, frame in enumerate(manifest["frames"]):
         _check_fields(frame, _FRAME_FIELDS, f"{where}: frames[{i}]")
         if os.path.isabs(frame["file_name"]):
@@ -169,6 +224,40 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> None:
         raise ValueError(
             f"{where}: total_bits {manifest['total_bits']} != sum of frame bits {frame_bits}"
         )
+    if manifest_storage(manifest) == STORAGE_BITSTREAM:
+        _validate_bitstream_layout(manifest, where)
+
+
+def _validate_bitstream_layout(manifest: dict, where: str) -> None:
+    """Each sequence lists its bitstream and CRC; its frames are numbered 0..n-1, of one size,
+    and their byte offsets follow their bits."""
+    sequences = manifest.get("sequences")
+    if not isinstance(sequences, list):
+        raise ValueError(f"{where}: a bitstream-stored manifest needs a 'sequences' list")
+    frames_of: Dict[str, List[dict]] = {}
+    for i, seq in enumerate(sequences):
+        _check_fields(seq, _SEQUENCE_FIELDS, f"{where}: sequences[{i}]")
+        if os.path.isabs(seq["bitstream"]):
+            raise ValueError(f"{where}: sequences[{i}].bitstream {seq['bitstream']!r} must be "
+                             "relative to the manifest folder")
+        if seq["sequence"] in frames_of:
+            raise ValueError(f"{where}: sequence {seq['sequence']!r} is listed twice")
+        frames_of[seq["sequence"]] = []
+    for i, frame in enumerate(manifest["frames"]):
+        _check_fields(frame, {"offset": int}, f"{where}: frames[{i}]")
+        if frame["sequence"] not in frames_of:
+            raise ValueError(f"{where}: frames[{i}] belongs to sequence {frame['sequence']!r}, "
+                             "which 'sequences' does not list")
+        frames_of[frame["sequence"]].append(frame)
+    for seq in sequences:
+        frames = sorted(frames_of[seq["sequence"]], key=lambda f: f["frame_index"])
+        offsets = np.cumsum([0] + [f[BITS] // 8 for f in frames]).tolist()
+        if ([f["frame_index"] for f in frames] != list(range(seq["num_frames"]))
+                or [f["offset"] for f in frames] != offsets[:-1]
+                or any(f[BITS] % 8 for f in frames) or 8 * offsets[-1] != seq[BITS]
+                or len({(f["height"], f["width"]) for f in frames}) != 1):
+            raise ValueError(f"{where}: the frames of sequence {seq['sequence']!r} do not match its "
+                             f"entry {seq} (frame indices, sizes, bits or byte offsets)")
 
 
 def load_manifest(path: str) -> dict:
@@ -209,16 +298,21 @@ class _ManifestIndex:
         return frame
 
 
-def _compressed_fields(frame: dict, manifest_dir: str, original: str, where: str,
-                       record: dict) -> Tuple[str, int, float]:
+def _compressed_fields(frame: dict, manifest_path: str, stored: bool, original: str, where: str,
+                       record: dict) -> Dict[str, Any]:
+    """The per-frame fields a pair record gets from its manifest entry (see _VIDEO_FIELDS)."""
     for key in ("height", "width"):
         if key in record and int(record[key]) != frame[key]:
             raise ValueError(
                 f"{where}: {original!r} has {key} {record[key]} in the base dataset but "
                 f"{frame[key]} in the manifest (a different image with the same name?)"
             )
-    path = os.path.normpath(os.path.join(manifest_dir, frame["file_name"]))
-    return path, frame[BITS], float(frame["bpp"])
+    path = os.path.normpath(os.path.join(os.path.dirname(manifest_path), frame["file_name"]))
+    fields = {"file_name": path, BITS: frame[BITS], "bpp": float(frame["bpp"])}
+    if stored:
+        fields[BITSTREAM_FRAME] = {"manifest": manifest_path, "sequence": frame["sequence"],
+                                   "index": frame["frame_index"]}
+    return fields
 
 
 def _missing_error(missing: List[str], base: str, manifest_path: str) -> ValueError:
@@ -233,14 +327,17 @@ def _missing_error(missing: List[str], base: str, manifest_path: str) -> ValueEr
 def load_pair_dicts(manifest_path: str, base_dataset_name: str, allow_partial: bool = False) -> List[dict]:
     """Base dataset dicts whose images are replaced by their compressed versions.
 
-    Image dicts get ``file_name`` (absolute path of the compressed PNG), ``original_file_name``,
-    ``bits``, ``bpp``, ``codec``, ``quality``. Video dicts (with ``file_names``) get compressed
-    ``file_names``, ``original_file_names`` and per-frame lists ``bits`` and ``bpp``.
+    Image dicts get ``file_name`` (absolute path of the compressed PNG; its name only with
+    bitstream storage), ``original_file_name``, ``bits``, ``bpp``, ``codec``, ``quality``, and with
+    bitstream storage ``bitstream_frame``. Video dicts (with ``file_names``) get compressed
+    ``file_names``, ``original_file_names`` and per-frame lists ``bits``, ``bpp`` (and
+    ``bitstream_frames``). Read a record's frame with :func:`read_frame`.
     A base record with a frame missing from the manifest raises ValueError naming it, unless
     ``allow_partial`` (such records are then dropped).
     """
+    manifest_path = os.path.abspath(manifest_path)
     manifest = load_manifest(manifest_path)
-    manifest_dir = os.path.dirname(os.path.abspath(manifest_path))
+    stored = manifest_storage(manifest) == STORAGE_BITSTREAM
     if manifest["dataset"] != base_dataset_name:
         logger.info(
             "Joining manifest of %r with base dataset %r by original file name",
@@ -264,25 +361,22 @@ def load_pair_dicts(manifest_path: str, base_dataset_name: str, allow_partial: b
                 missing.extend(absent)
                 continue
             joined = [
-                _compressed_fields(f, manifest_dir, p, where, record)
+                _compressed_fields(f, manifest_path, stored, p, where, record)
                 for p, f in zip(record["file_names"], frames)
             ]
             new = dict(record)
             new["original_file_names"] = list(record["file_names"])
-            new["file_names"] = [j[0] for j in joined]
-            new[BITS] = [j[1] for j in joined]
-            new["bpp"] = [j[2] for j in joined]
+            for key, video_key in _VIDEO_FIELDS.items():
+                if key in joined[0]:
+                    new[video_key] = [j[key] for j in joined]
         else:
             frame = index.get(record["file_name"])
             if frame is None:
                 missing.append(record["file_name"])
                 continue
-            path, bits, bpp = _compressed_fields(frame, manifest_dir, record["file_name"], where, record)
             new = dict(record)
             new["original_file_name"] = record["file_name"]
-            new["file_name"] = path
-            new[BITS] = bits
-            new["bpp"] = bpp
+            new.update(_compressed_fields(frame, manifest_path, stored, record["file_name"], where, record))
         new.update(common)
         out.append(new)
 
@@ -296,6 +390,64 @@ def load_pair_dicts(manifest_path: str, base_dataset_name: str, allow_partial: b
     return out
 
 
+# ----------------------------------------------------------------------------- reading frames
+@functools.lru_cache(maxsize=MANIFESTS_INDEXED)
+def _stored_sequences(manifest_path: str, mtime_ns: int, size: int) -> Dict[str, StoredSequence]:
+    manifest = load_manifest(manifest_path)
+    if manifest_storage(manifest) != STORAGE_BITSTREAM:
+        raise ValueError(f"manifest {manifest_path!r} stores its frames as "
+                         f"{manifest_storage(manifest)}, not as bitstreams")
+    frames: Dict[str, List[dict]] = {}
+    for frame in manifest["frames"]:
+        frames.setdefault(frame["sequence"], []).append(frame)
+    folder = os.path.dirname(manifest_path)
+    out = {}
+    for seq in manifest["sequences"]:
+        coded = sorted(frames[seq["sequence"]], key=lambda f: f["frame_index"])
+        out[seq["sequence"]] = StoredSequence.create(
+            seq["sequence"], os.path.normpath(os.path.join(folder, seq["bitstream"])),
+            manifest["codec"], manifest["codec_options"], [f[BITS] for f in coded],
+            coded[0]["height"], coded[0]["width"], seq["crc32"])
+    return out
+
+
+def stored_sequence(manifest_path: str, sequence: str) -> StoredSequence:
+    """Sequence ``sequence`` of a bitstream-stored manifest. A process indexes each manifest
+    once (again when the file changes)."""
+    try:
+        stat = os.stat(manifest_path)
+    except OSError as exc:
+        raise StoredBitstreamError(f"sequence {sequence!r}: cannot read manifest "
+                                   f"{manifest_path!r}: {exc}") from exc
+    sequences = _stored_sequences(manifest_path, stat.st_mtime_ns, stat.st_size)
+    if sequence not in sequences:
+        raise StoredBitstreamError(f"sequence {sequence!r} is not in manifest {manifest_path!r}")
+    return sequences[sequence]
+
+
+@functools.lru_cache(maxsize=None)
+def _process_cache() -> DecodedFrameCache:
+    """read_frame's cache when it is given none: one per process, of the default size."""
+    return DecodedFrameCache()
+
+
+def read_frame(record: Mapping[str, Any], image_format: Optional[str] = "RGB",
+               cache: Optional[DecodedFrameCache] = None) -> np.ndarray:
+    """The frame of a dataset record in ``image_format``, exactly as detectron2's
+    ``read_image(record["file_name"], image_format)`` reads it from a PNG: read from its file,
+    or, for a record of a bitstream-stored pair dataset (``bitstream_frame``), decoded from its
+    stored bitstream through ``cache`` (default: one per process, of the default size).
+
+    Raises StoredBitstreamError naming the sequence if its bitstream is missing or corrupt.
+    """
+    locator = record.get(BITSTREAM_FRAME)
+    if locator is None:
+        return read_image(record["file_name"], format=image_format)
+    cache = _process_cache() if cache is None else cache
+    rgb = cache.frame(stored_sequence(locator["manifest"], locator["sequence"]), locator["index"])
+    return convert_PIL_to_numpy(Image.fromarray(rgb), image_format)
+
+
 # ----------------------------------------------------------------------------- registration
 def register_pair_dataset(name: str, manifest_path: str, base_dataset_name: str,
                           allow_partial: bool = False, **metadata: Any) -> None:
@@ -303,8 +455,8 @@ def register_pair_dataset(name: str, manifest_path: str, base_dataset_name: str,
 
     The base metadata (thing_classes, keypoint info, stuff_classes, evaluator_type, json_file,
     ignore_label, ...) is copied: image ids are unchanged, so evaluators reuse the base
-    annotations. ``codec``, ``quality``, ``bpp``, ``manifest`` and ``base_dataset`` are added;
-    ``metadata`` overrides anything. Registering the same name for the same manifest again is
+    annotations. ``codec``, ``quality``, ``bpp``, ``manifest``, ``base_dataset`` and ``storage``
+    are added; ``metadata`` overrides anything. Registering the same name for the same manifest again is
     a no-op; for another manifest it raises ValueError.
     """
     manifest_path = os.path.abspath(manifest_path)
@@ -337,6 +489,7 @@ def _register_loaded(name: str, manifest_path: str, manifest: dict, base_dataset
         bpp=float(manifest["bpp"]),
         manifest=manifest_path,
         base_dataset=base_dataset_name,
+        storage=manifest_storage(manifest),
     )
     values.update(metadata)
     MetadataCatalog.get(name).set(**values)

@@ -4,16 +4,18 @@ Output layout, per quality (see ``vcm_d2.data.pairs`` for the reader)::
 
     <output>/<dataset>/<codec>/q<quality>/
         manifest.json               # assembled once every sequence of the dataset is done
-        frames/<original relpath>.png
+        frames/<original relpath>.png   (storage "png", the default)
         records/<sequence key>.json # one per finished sequence: what makes runs resumable
-        bitstreams/<sequence key>.bin   (with save_bitstreams)
+        bitstreams/<sequence key>.bin   (storage "bitstream", or png with save_bitstreams)
 
 A *sequence* is what the codec sees at once: a video dict (``file_names``), the image dicts
-sharing a ``video_id`` (ordered by ``frame_idx``), or a single image. One task reads the
-originals of one sequence once and codes them at every pending quality. Every file is written
-atomically, and a record is written only after its PNGs, so an interrupted run loses at most the
-sequences in flight; a rerun recomputes exactly the sequences without a valid record, and
-removes the temp files the killed writes left (see ``_remove_orphans``).
+sharing a ``video_id`` (ordered by ``frame_idx``), or a single image. One task codes one sequence
+at every pending quality, one quality after the other; frames stream through the codec
+(``Codec.encode_stream``: originals read as the codec needs them, each decoded frame written as
+it comes), so a worker's memory does not grow with the length of a video. Every file is written
+atomically, and a record is written only after its PNGs and bitstream, so an interrupted run
+loses at most the sequences in flight; a rerun recomputes exactly the sequences without a valid
+record, and removes the temp files the killed writes left (see ``_remove_orphans``).
 """
 import concurrent.futures
 import hashlib
@@ -29,17 +31,23 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from PIL import Image
 
-from ..codecs import build_codec
+from ..codecs.base import cached_codec
+from ..codecs.stored import DecodedFrameCache, bitstream_crc32
 from ..data.pairs import (
+    BITSTREAM_FRAME,
+    BITSTREAM_FRAMES,
     MANIFEST_FILENAME,
-    MANIFEST_VERSION,
+    STORAGE_BITSTREAM,
+    STORAGE_PNG,
+    STORAGES,
     common_root,
     format_quality,
+    manifest_version,
     png_frame_names,
     quality_dirname,
+    read_frame,
     relative_original_path,
 )
 from ..utils.io import atomic_write, atomic_write_bytes, atomic_write_json, remove_orphan_temp_files
@@ -80,6 +88,9 @@ class FrameSpec:
     file_name: str  # compressed PNG, relative to the quality folder ("/" separators)
     frame_index: int
     image_id: Any = None
+    # where the original is decoded from when the dataset is itself a bitstream-stored pair
+    # dataset (its records' bitstream_frame), else None
+    original_bitstream_frame: Optional[Dict[str, Any]] = None
 
 
 @dataclass(frozen=True)
@@ -146,15 +157,18 @@ def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
     if any(is_video) and not all(is_video):
         raise ValueError("the dataset mixes video dicts (file_names) and image dicts (file_name)")
 
-    # raw key -> list of (order, file_name, image_id)
-    groups: "OrderedDict[str, List[Tuple[Any, str, Any]]]" = OrderedDict()
+    # raw key -> list of (order, file_name, image_id, bitstream_frame)
+    groups: "OrderedDict[str, List[Tuple[Any, str, Any, Any]]]" = OrderedDict()
     if all(is_video):
         for i, d in enumerate(dataset_dicts):
             raw = f"video-{d['video_id']}" if "video_id" in d else f"video-index{i}"
             if raw in groups:
                 raise ValueError(f"two video dicts have video_id {d['video_id']!r}")
-            ids = d.get("image_ids") or [None] * len(d["file_names"])
-            groups[raw] = [(t, f, iid) for t, (f, iid) in enumerate(zip(d["file_names"], ids))]
+            n = len(d["file_names"])
+            ids = d.get("image_ids") or [None] * n
+            stored = d.get(BITSTREAM_FRAMES) or [None] * n
+            groups[raw] = [(t, f, iid, loc) for t, (f, iid, loc)
+                           in enumerate(zip(d["file_names"], ids, stored))]
     else:
         for d in dataset_dicts:
             if "file_name" not in d:
@@ -163,7 +177,7 @@ def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
                 if "frame_idx" not in d:
                     raise ValueError(f"{d['file_name']!r} has a video_id but no frame_idx")
                 groups.setdefault(f"video-{d['video_id']}", []).append(
-                    (d["frame_idx"], d["file_name"], d.get("image_id")))
+                    (d["frame_idx"], d["file_name"], d.get("image_id"), d.get(BITSTREAM_FRAME)))
             else:
                 raw = (f"image-{d['image_id']}" if "image_id" in d
                        else "image-" + os.path.splitext(os.path.basename(d["file_name"]))[0])
@@ -171,9 +185,9 @@ def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
                     if "image_id" in d:
                         raise ValueError(f"two image dicts have image_id {d['image_id']!r}")
                     raw += "-" + hashlib.sha1(d["file_name"].encode("utf-8")).hexdigest()[:KEY_HASH_CHARS]
-                groups[raw] = [(0, d["file_name"], d.get("image_id"))]
+                groups[raw] = [(0, d["file_name"], d.get("image_id"), d.get(BITSTREAM_FRAME))]
 
-    all_paths = [f for frames in groups.values() for _, f, _ in frames]
+    all_paths = [f for frames in groups.values() for _, f, _, _ in frames]
     dup = [p for p, n in Counter(os.path.abspath(p) for p in all_paths).items() if n > 1]
     if dup:
         raise ValueError(f"{len(dup)} frame file(s) appear more than once in the dataset, e.g. {dup[0]!r}")
@@ -182,7 +196,7 @@ def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
 
     sequences, keys = [], set()
     for raw, frames in groups.items():
-        orders = [o for o, _, _ in frames]
+        orders = [frame[0] for frame in frames]
         if len(set(orders)) != len(orders):
             raise ValueError(f"sequence {raw!r} has duplicate frame_idx values {sorted(orders)}")
         frames = sorted(frames, key=lambda t: t[0])
@@ -191,8 +205,8 @@ def build_sequences(dataset_dicts: Sequence[dict]) -> List[SequenceSpec]:
             raise ValueError(f"two sequences map to the same key {key!r}")
         keys.add(key)
         sequences.append(SequenceSpec(key, tuple(
-            FrameSpec(f, relative_original_path(f, root), names[f], t, iid)
-            for t, (_, f, iid) in enumerate(frames)
+            FrameSpec(f, relative_original_path(f, root), names[f], t, iid, loc)
+            for t, (_, f, iid, loc) in enumerate(frames)
         )))
     return sequences
 
@@ -275,11 +289,21 @@ def _normalize_qualities(qualities: Sequence[Any]) -> List[Any]:
 
 
 # ----------------------------------------------------------------------------- records
-def _record_matches(record: Any, seq: SequenceSpec, header: Dict[str, Any], qdir: str,
-                    need_bitstream: bool) -> bool:
-    """True if ``record`` is a finished result of ``seq`` for ``header`` with its files present.
+def _check_storage(record: dict, storage: Optional[str], qdir: str) -> None:
+    """A record stored otherwise than ``storage`` (None: any) raises: one folder, one storage."""
+    stored = record.get("storage", STORAGE_PNG)
+    if storage is not None and stored != storage:
+        raise ValueError(f"{qdir} holds results stored as {stored}, not {storage}; use another "
+                         "output folder or delete it")
 
-    A record made with other codec options raises: one folder holds one codec configuration.
+
+def _record_matches(record: Any, seq: SequenceSpec, header: Dict[str, Any], qdir: str,
+                    need_bitstream: bool, storage: Optional[str]) -> bool:
+    """True if ``record`` is a finished result of ``seq`` for ``header`` with its files present
+    (PNGs, and the bitstream if ``need_bitstream`` or stored as bitstream).
+
+    A record made with other codec options or another storage raises: one folder holds one
+    codec configuration.
     """
     if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
         return False
@@ -288,6 +312,7 @@ def _record_matches(record: Any, seq: SequenceSpec, header: Dict[str, Any], qdir
             f"{qdir} holds results made with codec options {record.get('codec_options')}, not "
             f"{header['codec_options']}; use another output folder or delete it"
         )
+    _check_storage(record, storage, qdir)
     if record.get("sequence") != seq.key:
         return False
     for key in ("dataset", "codec", "quality"):
@@ -296,41 +321,41 @@ def _record_matches(record: Any, seq: SequenceSpec, header: Dict[str, Any], qdir
     frames = record.get("frames")
     if not isinstance(frames, list) or len(frames) != len(seq.frames):
         return False
+    stored = record.get("storage") == STORAGE_BITSTREAM
     for entry, spec in zip(frames, seq.frames):
         if (entry.get("original_relpath") != spec.original_relpath
                 or entry.get("file_name") != spec.file_name
-                or not os.path.isfile(os.path.join(qdir, spec.file_name))):
+                or not (stored or os.path.isfile(os.path.join(qdir, spec.file_name)))):
             return False
-    if need_bitstream:
+    if need_bitstream or stored:
         rel = record.get("bitstream")
-        if not rel or not os.path.isfile(os.path.join(qdir, rel)):
+        try:
+            return bool(rel) and os.path.getsize(os.path.join(qdir, rel)) * 8 == record["total_bits"]
+        except OSError:
             return False
     return True
 
 
-def _make_record(seq: SequenceSpec, header: Dict[str, Any], coded, bitstream_rel: Optional[str]) -> dict:
-    frames = []
-    for spec, image, bits in zip(seq.frames, coded.frames, coded.frame_bits):
-        h, w = image.shape[:2]
-        entry = {
-            "original_file_name": spec.original_file_name,
-            "original_relpath": spec.original_relpath,
-            "file_name": spec.file_name,
-            BITS: int(bits),
-            "bpp": int(bits) / float(h * w),
-            "height": int(h),
-            "width": int(w),
-            "sequence": seq.key,
-            "frame_index": spec.frame_index,
-        }
-        if spec.image_id is not None:
-            entry["image_id"] = spec.image_id
-        frames.append(entry)
-    record = dict(header, version=RECORD_VERSION, sequence=seq.key, frames=frames,
-                  total_bits=int(coded.total_bits))
-    if bitstream_rel is not None:
-        record["bitstream"] = bitstream_rel
-    return record
+def _frame_entry(seq: SequenceSpec, spec: FrameSpec, image: np.ndarray, bits: int,
+                 offset: Optional[int]) -> dict:
+    """A frame's record entry (``offset``: its first byte in the stored bitstream)."""
+    h, w = image.shape[:2]
+    entry = {
+        "original_file_name": spec.original_file_name,
+        "original_relpath": spec.original_relpath,
+        "file_name": spec.file_name,
+        BITS: int(bits),
+        "bpp": int(bits) / float(h * w),
+        "height": int(h),
+        "width": int(w),
+        "sequence": seq.key,
+        "frame_index": spec.frame_index,
+    }
+    if spec.image_id is not None:
+        entry["image_id"] = spec.image_id
+    if offset is not None:
+        entry["offset"] = offset
+    return entry
 
 
 # ----------------------------------------------------------------------------- worker
@@ -342,44 +367,51 @@ class _Task:
     headers: Tuple[Dict[str, Any], ...]  # one per pending quality
     quality_dirs: Tuple[str, ...]
     save_bitstreams: bool
+    storage: str
 
 
-_CODEC_CACHE: Dict[str, Any] = {}
+# Originals that are frames of a bitstream-stored pair dataset (recompressing it), decoded once
+# per segment while a sequence is coded at each quality.
+_ORIGINALS = DecodedFrameCache()
 
 
-def _get_codec(name: str, options: Dict[str, Any]):
-    """Build each codec configuration once per process (learned codecs are slow to build)."""
-    key = json.dumps([name, options], sort_keys=True)
-    if key not in _CODEC_CACHE:
-        _CODEC_CACHE[key] = build_codec(name, **options)
-    return _CODEC_CACHE[key]
+def _read_original(spec: FrameSpec) -> np.ndarray:
+    record = {"file_name": spec.original_file_name}
+    if spec.original_bitstream_frame is not None:
+        record[BITSTREAM_FRAME] = spec.original_bitstream_frame
+    return read_frame(record, "RGB", _ORIGINALS)
+
+
+def _code_sequence(task: _Task, header: Dict[str, Any], qdir: str) -> None:
+    """Code one sequence at one quality: PNGs (png storage) as frames come out, then the
+    bitstream and the record."""
+    seq = task.sequence
+    stored = task.storage == STORAGE_BITSTREAM
+    codec = cached_codec(task.codec_name, task.codec_options)
+    originals = (_read_original(spec) for spec in seq.frames)  # read again at each quality
+    frames, chunks, offset = [], [], 0
+    for i, coded in enumerate(codec.encode_stream(originals, header["quality"])):
+        spec = seq.frames[i]
+        if not stored:
+            _write_png(os.path.join(qdir, spec.file_name), coded.image)
+        frames.append(_frame_entry(seq, spec, coded.image, coded.bits, offset if stored else None))
+        chunks.append(coded.data)
+        offset += len(coded.data)
+    bitstream = b"".join(chunks)
+    record = dict(header, version=RECORD_VERSION, sequence=seq.key, frames=frames,
+                  total_bits=8 * len(bitstream))
+    if task.save_bitstreams or stored:
+        record["bitstream"] = _bitstream_relpath(seq.key)
+        atomic_write_bytes(os.path.join(qdir, record["bitstream"]), bitstream)
+    if stored:
+        record.update(storage=STORAGE_BITSTREAM, crc32=bitstream_crc32(bitstream))
+    _write_json(_record_path(qdir, seq.key), record)
 
 
 def _run_task(task: _Task) -> str:
-    seq = task.sequence
-    codec = _get_codec(task.codec_name, task.codec_options)
-    originals = [read_image(f.original_file_name, format="RGB") for f in seq.frames]
     for header, qdir in zip(task.headers, task.quality_dirs):
-        coded = codec.encode(originals, header["quality"])
-        if len(coded.frames) != len(originals) or len(coded.frame_bits) != len(originals):
-            raise RuntimeError(
-                f"codec {task.codec_name} returned {len(coded.frames)} frames and "
-                f"{len(coded.frame_bits)} frame sizes for {len(originals)} input frames"
-            )
-        for spec, original, image in zip(seq.frames, originals, coded.frames):
-            if image.shape != original.shape or image.dtype != np.uint8:
-                raise RuntimeError(
-                    f"codec {task.codec_name} decoded {spec.original_file_name!r} to "
-                    f"{image.shape} {image.dtype}, expected {original.shape} uint8"
-                )
-            _write_png(os.path.join(qdir, spec.file_name), image)
-        bitstream_rel = None
-        if task.save_bitstreams:
-            bitstream_rel = _bitstream_relpath(seq.key)
-            data = coded.bitstream
-            atomic_write_bytes(os.path.join(qdir, bitstream_rel), data)
-        _write_json(_record_path(qdir, seq.key), _make_record(seq, header, coded, bitstream_rel))
-    return seq.key
+        _code_sequence(task, header, qdir)
+    return task.sequence.key
 
 
 def _init_worker() -> None:
@@ -420,10 +452,12 @@ def _run_tasks(tasks: List[_Task], workers: int, progress: bool, desc: str) -> D
 
 # ----------------------------------------------------------------------------- manifests
 def _assemble(qdir: str, sequences: List[SequenceSpec], header: Dict[str, Any],
-              cache: Dict[str, dict], run_start: float) -> Tuple[Optional[str], List[str]]:
+              cache: Dict[str, dict], run_start: float,
+              storage: Optional[str]) -> Tuple[Optional[str], List[str]]:
     """Write ``manifest.json`` of one quality if every sequence has a valid record.
 
-    Returns (manifest path or None, keys of the sequences still missing).
+    ``storage`` None (a merge) accepts the storage recorded (every record must agree). Returns
+    (manifest path or None, keys of the sequences still missing).
     """
     # Any shard (or --merge) may be writing the manifest right now, so a temp file of it is an
     # orphan only if it predates this run: a manifest write lasts far less than the time this
@@ -434,7 +468,7 @@ def _assemble(qdir: str, sequences: List[SequenceSpec], header: Dict[str, Any],
         record = cache.get(seq.key)
         if record is None:
             record = _read_json(_record_path(qdir, seq.key))
-            if not _record_matches(record, seq, header, qdir, need_bitstream=False):
+            if not _record_matches(record, seq, header, qdir, False, storage):
                 missing.append(seq.key)
                 continue
         records.append(record)
@@ -446,28 +480,35 @@ def _assemble(qdir: str, sequences: List[SequenceSpec], header: Dict[str, Any],
         if len(found) > 1:
             raise ValueError(f"records in {qdir} were made with different codec options: {sorted(found)}")
         options = records[0]["codec_options"]
+    storages = {r.get("storage", STORAGE_PNG) for r in records}
+    if len(storages) > 1:
+        raise ValueError(f"records in {qdir} are stored in different ways: {sorted(storages)}")
+    stored_as = storages.pop()
     frames = [f for r in records for f in r["frames"]]
     total_bits = sum(r["total_bits"] for r in records)
     total_pixels = sum(f["height"] * f["width"] for f in frames)
     sequences_summary = []
     for r in records:
-        entry = {"sequence": r["sequence"], "num_frames": len(r["frames"]), "bits": r["total_bits"]}
-        if "bitstream" in r:
-            entry["bitstream"] = r["bitstream"]
+        entry = {"sequence": r["sequence"], "num_frames": len(r["frames"]), BITS: r["total_bits"]}
+        entry.update({k: r[k] for k in ("bitstream", "crc32") if k in r})
         sequences_summary.append(entry)
     manifest = {
-        "version": MANIFEST_VERSION,
+        "version": manifest_version(stored_as),
         "dataset": header["dataset"],
         "codec": header["codec"],
         "quality": header["quality"],
         "codec_options": options,
+    }
+    if stored_as != STORAGE_PNG:  # version 1 (PNG) manifests have no such field
+        manifest["storage"] = stored_as
+    manifest.update({
         "total_bits": total_bits,
         "total_pixels": total_pixels,
         "bpp": total_bits / float(total_pixels),
         "num_sequences": len(records),
         "sequences": sequences_summary,
         "frames": frames,
-    }
+    })
     path = os.path.join(qdir, MANIFEST_FILENAME)
     _write_json(path, manifest)
     return path, []
@@ -480,11 +521,12 @@ def _headers(dataset_name: str, codec_name: str, qualities: List[Any],
 
 
 def assemble_manifests(dataset_name: str, codec_name: str, qualities: Sequence[Any], output_dir: str,
-                       codec_options: Optional[Dict[str, Any]] = None) -> Dict[Any, str]:
+                       codec_options: Optional[Dict[str, Any]] = None,
+                       storage: Optional[str] = None) -> Dict[Any, str]:
     """Assemble ``manifest.json`` of each quality from the records of all shards.
 
-    ``codec_options`` None accepts the options recorded (they must agree). Raises RuntimeError
-    naming missing sequences if some shard has not finished.
+    ``codec_options`` / ``storage`` None accept the options / storage recorded (they must agree).
+    Raises RuntimeError naming missing sequences if some shard has not finished.
     """
     run_start = time.time()
     qualities = _normalize_qualities(qualities)
@@ -493,7 +535,7 @@ def assemble_manifests(dataset_name: str, codec_name: str, qualities: Sequence[A
     manifests, problems = {}, []
     for header in _headers(dataset_name, codec_name, qualities, options):
         qdir = output_dir_for(output_dir, dataset_name, codec_name, header["quality"])
-        path, missing = _assemble(qdir, sequences, header, {}, run_start)
+        path, missing = _assemble(qdir, sequences, header, {}, run_start, storage)
         if path is None:
             shown = ", ".join(missing[:MAX_FAILURES_SHOWN])
             problems.append(f"q{format_quality(header['quality'])}: {len(missing)} sequence(s) "
@@ -510,9 +552,12 @@ def assemble_manifests(dataset_name: str, codec_name: str, qualities: Sequence[A
 def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any], output_dir: str,
                      codec_options: Optional[Dict[str, Any]] = None, workers: int = 1,
                      shard: Tuple[int, int] = (0, 1), progress: bool = True,
-                     save_bitstreams: bool = False) -> Dict[Any, str]:
+                     save_bitstreams: bool = False, storage: str = STORAGE_PNG) -> Dict[Any, str]:
     """Compress ``dataset_name`` with ``codec_name`` at each quality into ``output_dir``.
 
+    ``storage`` "png" writes the decoded frames as PNG (and with ``save_bitstreams`` the
+    bitstreams too); "bitstream" keeps only each sequence's bitstream, whose frames the pair
+    dataset decodes when read (``vcm_d2.data.pairs.read_frame``). One folder holds one storage.
     Resumable: sequences with a valid record are skipped, and the temp files of killed writes
     removed. With ``shard=(i, N)`` only every N-th sequence starting at i is coded here; the
     manifest of a quality is written by whichever run finds the records of all sequences.
@@ -525,6 +570,8 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
     _check_shard(tuple(shard))
     if int(workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     sequences = build_sequences(DatasetCatalog.get(dataset_name))
     mine = sequences[shard[0]::shard[1]]
     headers = _headers(dataset_name, codec_name, qualities, options)
@@ -539,7 +586,7 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
     for seq in mine:
         for qi, (header, qdir) in enumerate(zip(headers, qdirs)):
             record = _read_json(_record_path(qdir, seq.key))
-            if _record_matches(record, seq, header, qdir, need_bitstream=save_bitstreams):
+            if _record_matches(record, seq, header, qdir, save_bitstreams, storage):
                 caches[qi][seq.key] = record
             else:
                 pending.setdefault(seq.key, []).append(qi)
@@ -550,7 +597,7 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
 
     tasks = [
         _Task(by_key[key], codec_name, options, tuple(headers[qi] for qi in qis),
-              tuple(qdirs[qi] for qi in qis), save_bitstreams)
+              tuple(qdirs[qi] for qi in qis), save_bitstreams, storage)
         for key, qis in pending.items()
     ]
     logger.info(
@@ -562,7 +609,7 @@ def compress_dataset(dataset_name: str, codec_name: str, qualities: Sequence[Any
 
     manifests: Dict[Any, str] = {}
     for qi, (header, qdir) in enumerate(zip(headers, qdirs)):
-        path, missing = _assemble(qdir, sequences, header, caches[qi], run_start)
+        path, missing = _assemble(qdir, sequences, header, caches[qi], run_start, storage)
         if path is not None:
             manifests[header["quality"]] = path
         elif not failures:

@@ -24,12 +24,12 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_util
 
 from ..data.clip_mapper import ClipDatasetMapper, is_video_dataset, to_video_dicts
+from ..data.pairs import read_frame
 from ..evaluation.rate_task import load_sem_seg
 from ..utils.io import atomic_write, atomic_write_json
 from ..utils.rate import BITS, RATE_KEYS
@@ -347,13 +347,13 @@ def write_prediction_figure(rows: Sequence[FigureRow], picks: Sequence[Tuple[int
     grid: List[List[Image.Image]] = [[]]
     for v, t in _pick(videos, picks, reference_dataset):
         record = videos[v][t]
-        image = read_image(record["file_name"], format="RGB")
+        image = read_frame(record, "RGB")
         grid[0].append(_caption(_draw_gt(image, metadata, record), [reference_label, "uncompressed"]))
     for row in rows:
         logger.info("figure %s: %s", os.path.basename(path), row.label)
         panels = []
         for entry in run_row(row, picks):
-            image = read_image(entry["record"]["file_name"], format="RGB")
+            image = read_frame(entry["record"], "RGB")
             panels.append(_caption(_draw(image, metadata, entry),
                                    _panel_lines(row.label, entry, metadata)))
         grid.append(panels)

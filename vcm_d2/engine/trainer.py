@@ -5,11 +5,7 @@ import weakref
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import (
-    DatasetMapper,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -97,10 +93,9 @@ def build_vcm_optimizer(cfg, model):
 
 
 def frame_mapper(cfg, is_train):
-    """The mapper of one frame: with its original when VCM.PAIRS.LOAD_ORIGINAL (CDRE)."""
-    if cfg.VCM.PAIRS.LOAD_ORIGINAL:
-        return PairDatasetMapper(cfg, is_train)
-    return DatasetMapper(cfg, is_train)
+    """The mapper of one frame: detectron2's DatasetMapper that also decodes frames of
+    bitstream-stored pairs, with the original when VCM.PAIRS.LOAD_ORIGINAL (CDRE)."""
+    return PairDatasetMapper(cfg, is_train)
 
 
 def ddp_model(model: torch.nn.Module) -> torch.nn.Module:
