@@ -90,7 +90,7 @@ def compress_val(run: Run, codecs: Sequence[str], qualities_of, gop: int,
     """Compressed validation pairs per (task, codec): the detection, segmentation and VIS sets
     share their frames, so one compression serves all (registered for each)."""
     pairs = run.compress((VAL_SET,), codecs, qualities_of, {"gop": gop}, workers, "compress")
-    root = os.path.join(run.out, "compressed")
+    root = run.compressed_root
     names = {}
     for codec in codecs:
         names["detection", codec] = pairs[VAL_SET, codec]

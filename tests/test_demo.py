@@ -10,8 +10,10 @@ from tool_helpers import load_tool
 
 def test_demo_arguments_become_the_pipeline_spec():
     demo = load_tool("demo")
-    spec = demo.spec_from_args(demo.parse_args(["--cdre-iters", "0", "--qualities", "20", "30"]))
+    spec = demo.spec_from_args(demo.parse_args(["--cdre-iters", "0", "--qualities", "20", "30",
+                                                "--seeds", "0", "1", "2"]))
     assert spec.methods == {"full_ft": 150, "ours": 0, "ours_fd": 0}
+    assert list(spec.seeds) == [0, 1, 2]
     assert list(spec.qualities) == [20.0, 30.0] and list(spec.codecs) == ["x264", "x265"]
     assert os.path.isfile(os.path.join(spec.config_dir, spec.table.clean))
 

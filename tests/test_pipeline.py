@@ -4,12 +4,12 @@ import json
 import os
 
 import pytest
-import torch
 
+from vcm_d2.evaluation.results import RateTaskCurve
 from vcm_d2.pipeline import run as steps
-from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION, MethodTable
+from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
 from vcm_d2.pipeline.report import curve_from, points_table, relative_loss, strongest_point_lines
-from vcm_d2.pipeline.run import RUN_RECORD_FILE, Run, StepTimes
+from vcm_d2.pipeline.run import RUN_RECORD_FILE, StepTimes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                           "synthetic")
@@ -181,3 +181,41 @@ def test_points_table_of_curves_on_different_quality_scales():
     assert table[0] == "| task | curve | quality: metric @ bpp |"
     row = next(line for line in table if "transvfc/fst" in line)
     assert row.endswith("| 256: 20.0 @ 0.0500 (0.0100); 32: 12.0 @ 0.1000 |")  # rate order
+
+
+def test_several_seeds_share_compression_and_report_mean_and_sd(tmp_path, monkeypatch):
+    """run_rate_task with 2 seeds: each seed's pipeline in OUTPUT/seed<k>/ with the compressed
+    sets in OUTPUT/compressed, then BD values as mean ± sd with the per-seed values."""
+    from vcm_d2.pipeline import rate_task
+
+    calls = []
+    rates, metrics = [0.1, 0.2, 0.4, 0.8], [10.0, 20.0, 28.0, 33.0]
+
+    def fake_run_seed(spec, seed, output, compressed_root):
+        calls.append((seed, output, compressed_root))
+        factor = {0: 0.5, 1: 0.8}[seed]  # ours needs 0.5x / 0.8x the rate: BD-rate -50 / -20 %
+        curves = [RateTaskCurve(f"x264/{m}", "detection", "AP", "x264", m,
+                                [{"quality": q, "bpp": r * f, "metric": v}
+                                 for q, (r, v) in enumerate(zip(rates, metrics))])
+                  for m, f in (("direct", 1.0), ("ours", factor))]
+        report = os.path.join(output, "report.md")
+        return report, curves
+
+    monkeypatch.setattr(rate_task, "_run_seed", fake_run_seed)
+    spec = rate_task.RateTaskSpec(output=str(tmp_path), config_dir=CONFIG_DIR, seeds=(0, 1),
+                                  methods={"ours": 1})
+    report = rate_task.run_rate_task(spec)
+    shared = os.path.join(str(tmp_path), "compressed")
+    assert calls == [(0, os.path.join(str(tmp_path), "seed0"), shared),
+                     (1, os.path.join(str(tmp_path), "seed1"), shared)]
+    text = open(report).read()
+    row = next(line for line in text.splitlines() if "| ours |" in line)
+    assert "-35.0 ± 21.2" in row and "-50.0, -20.0" in row
+    assert "[seed 1](seed1/report.md)" in text
+    spread = json.loads((tmp_path / "seed_spread.json").read_text())
+    assert spread["seeds"] == [0, 1]
+    entry = spread["values"][0]
+    assert entry["method"] == "ours" and entry["bd_rate"] == pytest.approx([-50.0, -20.0])
+    with pytest.raises(ValueError, match="distinct"):
+        rate_task.run_rate_task(rate_task.RateTaskSpec(output=str(tmp_path), config_dir=CONFIG_DIR,
+                                                       seeds=(1, 1)))

@@ -46,8 +46,9 @@ def parse_args(argv=None):
                    help="full fine-tune iterations (pooled codecs); 0 skips it")
     p.add_argument("--cdre-iters", type=int, default=150,
                    help="iterations of each CDRE model (ours, ours_fd); 0 skips them")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of every training (weights init, data order); < 0: random")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="seed of every training (weights init, data order; < 0: random); "
+                        "several: the pipeline once per seed, BD values as mean ± sd")
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: all cores); the figures move by about 1 AP with it")
@@ -61,7 +62,7 @@ def spec_from_args(args) -> RateTaskSpec:
         output=args.output, config_dir=CONFIG_DIR, codecs=args.codecs, qualities=args.qualities,
         codec_options={"gop": args.gop},
         methods={"full_ft": args.finetune_iters, "ours": args.cdre_iters, "ours_fd": args.cdre_iters},
-        train_iters=args.train_iters, seed=args.seed, workers=args.workers, threads=args.threads,
+        train_iters=args.train_iters, seeds=args.seeds, workers=args.workers, threads=args.threads,
         opts=args.opts)
 
 

@@ -64,7 +64,9 @@ def parse_args(argv=None):
                         "set's evaluator type: bbox AP, sem_seg mIoU, YouTube-VIS segm AP)")
     p.add_argument("--pair-roots", nargs="*", default=[],
                    help="folders of existing pair datasets to register first")
-    p.add_argument("--seed", type=int, default=0, help="seed of every training; < 0: random")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="seed of every training (< 0: random); several: the pipeline once per "
+                        "seed, BD values as mean ± sd")
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
@@ -91,7 +93,7 @@ def spec_from_args(args) -> RateTaskSpec:
         qualities=args.qualities, codec_options=parse_codec_options(args.codec_opt),
         methods={m: args.iters for m in args.methods}, train_iters=args.train_iters,
         clean_weights=args.clean_weights, metric=tuple(args.metric) if args.metric else None,
-        seed=args.seed, workers=args.workers, threads=args.threads, opts=args.opts)
+        seeds=args.seeds, workers=args.workers, threads=args.threads, opts=args.opts)
 
 
 def main(argv=None):

@@ -9,6 +9,9 @@
 5. OUTPUT/report.md: BD-rate per codec against the direct test, metric @ bpp per point, PNG
    curves, one prediction figure per codec, step timings.
 
+With several seeds, steps 2-5 run once per seed in OUTPUT/seed<k>/ (the compressed sets are
+shared) and OUTPUT/report.md gives each BD value as mean ± sd over the seeds with the per-seed
+values (also in OUTPUT/seed_spread.json) and says where two methods' intervals overlap.
 Every step is resumable (see ``run.Run``).
 """
 import logging
@@ -18,12 +21,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
-from ..evaluation.report import write_report
+from ..evaluation.report import REPORT_NAME, write_report
 from ..evaluation.results import RateTaskCurve, save_curve
+from ..utils.io import atomic_write_bytes, atomic_write_json
 from .methods import ANCHOR_METHOD, SYNTHETIC_DETECTION, MethodTable
 from .report import (FIGURE_PICKS, curve_from, figure_rows, points_table, strongest_point_lines,
                      write_figures)
-from .run import Run
+from .run import COMPRESSED_DIR, Run
+from .seeds import seed_spread
 
 __all__ = ["RateTaskSpec", "TASK_OF_EVALUATOR", "run_rate_task", "task_metric"]
 
@@ -42,6 +47,8 @@ DEFAULT_VVC_QUALITIES = (16, 19, 23, 28)
 # Iterations of the clean slim detector every method starts from.
 DEFAULT_TRAIN_ITERS = 600
 DEFAULT_GOP = 12
+SEED_DIR = "seed{}"
+SPREAD_FILE = "seed_spread.json"
 
 
 @dataclass
@@ -62,7 +69,7 @@ class RateTaskSpec:
     train_iters: int = DEFAULT_TRAIN_ITERS  # of the clean model
     clean_weights: str = ""  # a trained clean model: no clean training
     metric: Optional[Tuple[str, str]] = None  # (result key, metric); default by evaluator type
-    seed: int = 0
+    seeds: Sequence[int] = (0,)  # of every training; several: mean ± sd over them (< 0: random)
     workers: int = 2
     threads: int = 0
     opts: Sequence = ()  # overrides for every model
@@ -88,12 +95,31 @@ def _check(spec: RateTaskSpec) -> None:
                          f"{sorted(spec.table.methods)})")
     if not spec.codecs or not spec.qualities:
         raise ValueError("a rate-task run needs at least one codec and one quality")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {list(spec.seeds)}")
 
 
 def run_rate_task(spec: RateTaskSpec) -> str:
     """Run (or resume) the pipeline of ``spec``; returns the report's path."""
     _check(spec)
-    run = Run(spec.output, spec.config_dir, ["SEED", spec.seed] + list(spec.opts), spec.threads)
+    if len(spec.seeds) == 1:
+        return _run_seed(spec, spec.seeds[0], spec.output, "")[0]
+    compressed = os.path.join(spec.output, COMPRESSED_DIR)
+    reports, curves = [], []
+    for seed in spec.seeds:
+        logger.info("seed %d of %s", seed, list(spec.seeds))
+        report, seed_curves = _run_seed(spec, seed, os.path.join(spec.output, SEED_DIR.format(seed)),
+                                        compressed)
+        reports.append(report)
+        curves.append(seed_curves)
+    return _spread_report(spec, reports, curves)
+
+
+def _run_seed(spec: RateTaskSpec, seed: int, output: str, compressed_root: str
+              ) -> Tuple[str, List[RateTaskCurve]]:
+    """The pipeline with one seed in ``output``: its report's path and curves."""
+    run = Run(output, spec.config_dir, ["SEED", seed] + list(spec.opts), spec.threads,
+              compressed_root)
     task, key, metric = task_metric(spec.test_set, spec.metric)
     methods = {m: n for m, n in spec.methods.items() if n > 0}
     steps = 3 + len(methods)
@@ -138,11 +164,14 @@ def run_rate_task(spec: RateTaskSpec) -> str:
         curves += curves_of(res, method, {"iters": iters, "trained_on": list(spec.codecs)})
 
     logger.info("[%d/%d] report", steps, steps)
-    return _report(spec, run, curves, models, test, direct[spec.test_set][key][metric], methods)
+    report = _report(spec, run, curves, models, test, direct[spec.test_set][key][metric],
+                     methods, seed)
+    return report, curves
 
 
 def _report(spec: RateTaskSpec, run: Run, curves: List[RateTaskCurve], models: Dict,
-            test: Dict[str, List[str]], clean_metric: float, methods: Mapping[str, int]) -> str:
+            test: Dict[str, List[str]], clean_metric: float, methods: Mapping[str, int],
+            seed: int) -> str:
     figure_lines = write_figures(run.out, {
         c: figure_rows(c, models, curves[i], test[c], spec.test_set)
         for i, c in enumerate(spec.codecs)}, spec.test_set, run.times, spec.figure_picks)
@@ -154,7 +183,7 @@ def _report(spec: RateTaskSpec, run: Run, curves: List[RateTaskCurve], models: D
     if methods:
         line += (f" {' / '.join(methods)}: {' / '.join(str(n) for n in methods.values())} "
                  f"iterations from it on pooled {' + '.join(spec.codecs)} at q "
-                 f"{', '.join(f'{q:g}' for q in spec.qualities)}; seed {spec.seed}.")
+                 f"{', '.join(f'{q:g}' for q in spec.qualities)}; seed {seed}.")
     lines = [line]
     lines += [""] + strongest_point_lines(curves, clean_metric, ANCHOR_METHOD)
     lines += ["", f"{metric} @ bpp per quality point (CDRE side-stream bpp in brackets, "
@@ -164,3 +193,22 @@ def _report(spec: RateTaskSpec, run: Run, curves: List[RateTaskCurve], models: D
                           preamble="\n".join(lines))
     logger.info(f"report written to {report}")
     return str(report)
+
+
+def _spread_report(spec: RateTaskSpec, reports: Sequence[str],
+                   curves: Sequence[Sequence[RateTaskCurve]]) -> str:
+    """OUTPUT/report.md over the seeds: BD values as mean ± sd, per-seed values, overlaps."""
+    spread = seed_spread(spec.seeds, curves, ANCHOR_METHOD)
+    atomic_write_json(os.path.join(spec.output, SPREAD_FILE), spread.to_dict())
+    links = ", ".join(f"[seed {s}]({os.path.relpath(r, spec.output)})"
+                      for s, r in zip(spec.seeds, reports))
+    lines = [f"# Rate-task report over {len(spec.seeds)} seeds", "",
+             f"BD-rate / BD-metric (pchip) of each method against the direct test of its codec, "
+             f"per seed {', '.join(str(s) for s in spec.seeds)}: the clean model and every method "
+             f"are trained once per seed on the same compressed sets. Per-seed reports (points, "
+             f"curves, figures, timings): {links}; values in `{SPREAD_FILE}`.", ""]
+    lines += spread.table() + [""] + spread.overlap_lines() + [""]
+    path = os.path.join(spec.output, REPORT_NAME)
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    logger.info(f"report written to {path}")
+    return path

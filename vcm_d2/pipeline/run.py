@@ -36,6 +36,7 @@ RUN_RECORD_FILE = "vcm_run.json"
 FINAL_WEIGHTS = "model_final.pth"
 # Evaluation results of a model, per dataset, next to its weights.
 EVAL_CACHE_FILE = "eval.json"
+COMPRESSED_DIR = "compressed"
 
 
 def load_json(path: str) -> Dict:
@@ -210,11 +211,15 @@ class Run:
     ``configs/synthetic`` of this repository, or a user's folder), the overrides ``extra`` that
     every model of the run gets, and each step timed in ``StepTimes``."""
 
-    def __init__(self, output: str, config_dir: str, extra: Sequence = (), threads: int = 0):
+    def __init__(self, output: str, config_dir: str, extra: Sequence = (), threads: int = 0,
+                 compressed_root: str = ""):
+        """``compressed_root``: where ``compress`` writes (default OUTPUT/compressed); runs of
+        several seeds share one."""
         self.out = start_run(output, threads)
         self.config_dir = config_dir
         self.extra = list(extra)
         self.times = StepTimes(os.path.join(self.out, TIMINGS_FILE))
+        self.compressed_root = os.path.abspath(compressed_root or os.path.join(self.out, COMPRESSED_DIR))
 
     def cfg(self, config_name: str, output_dir: str, opts: Sequence = ()):
         """``model_cfg`` of ``config_dir/config_name`` (``opts`` as given: include
@@ -234,9 +239,9 @@ class Run:
     def compress(self, splits: Sequence[str], codecs: Sequence[str],
                  qualities_of: Callable[[str], Sequence[float]], codec_options: Mapping,
                  workers: int, step: str) -> Dict[Tuple[str, str], List[str]]:
-        """Pair datasets of every split, codec and its qualities under OUTPUT/compressed;
+        """Pair datasets of every split, codec and its qualities under ``compressed_root``;
         {(split, codec): [names in quality order]}."""
-        root = os.path.join(self.out, "compressed")
+        root = self.compressed_root
         done = all(is_compressed(splits, [c], qualities_of(c), root) for c in codecs)
         names = {}
         with self.times.step(step, done):

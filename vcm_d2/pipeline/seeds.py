@@ -1,0 +1,115 @@
+"""BD values over runs with different seeds: per (task, codec, method) the value of each run,
+mean ± sample standard deviation, and whether two methods' mean ± sd intervals overlap (a
+difference inside them is not established by these runs)."""
+import statistics
+from collections import defaultdict
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..evaluation.bdrate import bd_metric, bd_rate
+from ..evaluation.results import RateTaskCurve
+
+__all__ = ["SeedSpread", "bd_values", "mean_sd", "seed_spread"]
+
+Key = Tuple[str, str, str]  # (task, codec, method)
+VALUE_NAMES = ("bd_rate", "bd_metric")
+
+
+def bd_values(curves: Sequence[RateTaskCurve], anchor_method: str, method: str = "pchip"
+              ) -> Dict[Key, Tuple[Optional[float], Optional[float]]]:
+    """{(task, codec, method): (BD-rate %, BD-metric)} of every curve against the curve of the
+    same task and codec whose method is ``anchor_method``; None where a value is undefined."""
+    anchors = {(c.task, c.codec): c for c in curves if c.method == anchor_method}
+    out = {}
+    for c in curves:
+        ref = anchors.get((c.task, c.codec))
+        if ref is None or c is ref:
+            continue
+        values = []
+        for fn in (bd_rate, bd_metric):
+            try:
+                values.append(fn(ref.rates(), ref.metrics(), c.rates(), c.metrics(), method).value)
+            except (ValueError, RuntimeError):
+                values.append(None)
+        out[c.task, c.codec, c.method] = tuple(values)
+    return out
+
+
+def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+class SeedSpread:
+    """BD values of several runs (``runs``: one ``bd_values`` dict per seed, same order as
+    ``seeds``), over the keys present in every run."""
+
+    def __init__(self, seeds: Sequence, runs: Sequence[Mapping[Key, Tuple]]):
+        if len(seeds) != len(runs) or not runs:
+            raise ValueError(f"{len(seeds)} seeds but {len(runs)} runs")
+        self.seeds = list(seeds)
+        self.runs = list(runs)
+        self.keys = sorted(set.intersection(*(set(r) for r in runs)))
+
+    def values(self, key: Key, index: int) -> List[Optional[float]]:
+        return [r[key][index] for r in self.runs]
+
+    def interval(self, key: Key, index: int = 0) -> Optional[Tuple[float, float]]:
+        """mean - sd, mean + sd of one value (None if a run has it undefined)."""
+        vals = self.values(key, index)
+        if any(v is None for v in vals):
+            return None
+        m, sd = mean_sd(vals)
+        return m - sd, m + sd
+
+    def table(self) -> List[str]:
+        """Markdown: per key, mean ± sd and the per-seed values of BD-rate and BD-metric."""
+        lines = [f"| task | codec | method | BD-rate % (mean ± sd of {len(self.runs)}) | per seed | "
+                 "BD-metric (mean ± sd) | per seed |", "|---|---|---|---|---|---|---|"]
+        for key in self.keys:
+            cells = []
+            for i in range(len(VALUE_NAMES)):
+                vals = self.values(key, i)
+                per_seed = ", ".join("n/a" if v is None else f"{v:+.1f}" for v in vals)
+                if any(v is None for v in vals):
+                    cells += ["n/a", per_seed]
+                    continue
+                m, sd = mean_sd(vals)
+                cells += [f"{m:+.1f} ± {sd:.1f}", per_seed]
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        return lines
+
+    def overlap_lines(self) -> List[str]:
+        """One line per pair of methods of a (task, codec): do their BD-rate intervals overlap."""
+        intervals = defaultdict(dict)
+        for key in self.keys:
+            interval = self.interval(key)
+            if interval is not None:
+                intervals[key[:2]][key[2]] = interval
+        lines = []
+        for (task, codec), methods in sorted(intervals.items()):
+            names = sorted(methods)
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    (lo_a, hi_a), (lo_b, hi_b) = methods[a], methods[b]
+                    overlap = lo_a <= hi_b and lo_b <= hi_a
+                    lines.append(f"- {task} {codec}: BD-rate of {a} and {b} "
+                                 f"{'overlap' if overlap else 'do not overlap'} (mean ± sd)")
+        return lines
+
+    def to_dict(self) -> Dict:
+        """Per-seed values and their mean / sd, for a results JSON."""
+        out = {"seeds": self.seeds, "values": []}
+        for key in self.keys:
+            entry = {"task": key[0], "codec": key[1], "method": key[2]}
+            for i, name in enumerate(VALUE_NAMES):
+                vals = self.values(key, i)
+                entry[name] = vals
+                if all(v is not None for v in vals):
+                    entry[name + "_mean"], entry[name + "_sd"] = mean_sd(vals)
+            out["values"].append(entry)
+        return out
+
+
+def seed_spread(seeds: Sequence, curves_per_seed: Sequence[Sequence[RateTaskCurve]],
+                anchor_method: str, method: str = "pchip") -> SeedSpread:
+    """``SeedSpread`` of the BD values of each seed's curves against ``anchor_method``."""
+    return SeedSpread(seeds, [bd_values(c, anchor_method, method) for c in curves_per_seed])
