@@ -7,13 +7,18 @@
    0.89K MACs/px), distortion decoder and embedding (paper: 1.61K MACs/px for the CNN
    decoder), CDRE total (paper: 1.9M params). The same for the Transformer version at Swin-T
    widths (configs/CDRE/mask_rcnn_swin_T_FPN_ours.yaml): token decoder (paper: 0.33K
-   MACs/px), per-stage MLP and cross-attention, CDRE total (paper: 3.7M params). Next to
+   MACs/px), per-stage MLP and cross-attention, CDRE total (paper: 3.7M params). The CNN
+   embedding is measured for every fusion option (MODEL.VCM.CDRE.EMBEDDING, --embeddings:
+   "attention_fusion" f + Proj(CA(SA(f, d))), "gated" f + gamma * CA(SA(f, d))_f). Next to
    CDRE's decoder side: the restoration network R of the "restore, then analyse" competitor
    (Table I's PromptIR / PromptCIR / CascadeNet rows) at its R50 default config (configs/CDRE/
    faster_rcnn_R_50_FPN_restore.yaml), which the receiver runs on every decoded frame.
 2. Decoder-side time on this CPU as a fraction of Faster R-CNN R50-FPN inference at the same
    size, all measured in one interleaved loop (median of --runs) so load changes affect every
-   number alike. The CDRE model gets the plain model's weights (only the CDRE modules
+   number alike; the load average before and after the loop is reported with them, and every
+   item's median CPU time of the process next to its median wall time (with one thread the
+   CPU time leaves out the time spent waiting for a core on a loaded machine). Each CDRE
+   model (one per embedding option) gets the plain model's weights (only the CDRE modules
    differ). Overhead is measured three ways: the decoder-side modules alone; the CDRE ResNet
    minus the same ResNet run without CDRE; full CDRERCNN inference from the side stream minus
    plain inference. Side-stream decoding (Python range decoder) is listed separately. The
@@ -24,8 +29,9 @@
    applied to decoded video: a synthetic video rendered at HEIGHTxWIDTH, the benchmark's own
    decoded validation videos (--pairs-root, native size), a pan over matplotlib's sample
    photo, and --video files (read with PyAV; e.g. opencv-doc's vtest.avi when installed).
-   cabac is reported per frame without context (what the evaluator counts), per frame with
-   the previous frame as context (streaming) and as one packet per sequence.
+   cabac is reported per frame without context (an image stream per frame), per frame with
+   the previous frame as context, as one packet per sequence, and as the video side stream
+   the evaluator counts for frames of a video (header once; raw and cabac records).
 
     python benchmarks/cdre_complexity.py --weights output/cdre_table1/ours/model_final.pth \\
         --pairs-root output/cdre_table1/compressed
@@ -53,7 +59,13 @@ from vcm_d2.data.synthetic import VAL_SPEC, render_video
 from vcm_d2.engine import get_vcm_cfg
 from vcm_d2.evaluation.complexity import complexity_report, format_complexity
 from vcm_d2.modeling.cdre import CDREEncoderSide, decode_side_stream, encode_side_stream
+from vcm_d2.modeling.cdre.embedding import CNN_FUSIONS
 from vcm_d2.modeling.cdre.side_stream import HEADER_BYTES
+from vcm_d2.modeling.cdre.video_side_stream import (
+    RECORD_CHECK_BYTES,
+    VIDEO_HEADER_BYTES,
+    encode_video_side_stream,
+)
 from vcm_d2.modeling.cdre.swin_backbone import swin_stage_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,6 +80,17 @@ PAPER = {"encoder_params": 18e3, "encoder_macs_px": 0.89e3, "cnn_decoder_macs_px
          "total_params": 1.9e6, "side_kbps_720p30": 20.0,
          "token_decoder_macs_px": 0.33e3, "transformer_total_params": 3.7e6}
 TIME_GOAL = 0.05  # decoder-side time / detector inference time (issue goal)
+PARAMS_TOLERANCE = 0.15  # parameter counts vs the paper's (issue goal)
+# CNN embedding options (MODEL.VCM.CDRE.EMBEDDING) measured side by side.
+EMBEDDINGS = tuple(CNN_FUSIONS)
+# Row and timed-item names (per embedding option: "<name> [<option>]").
+EMBEDDING_ROW = "embedding (R50 stage inputs)"
+DECODER_SIDE_ROW = "decoder side (decoder + embedding)"
+PLAIN_INFERENCE = "plain Faster R-CNN inference"
+PLAIN_RESNET = "plain ResNet-50"
+CDRE_INFERENCE = "CDRE Faster R-CNN inference (from side stream)"
+CDRE_RESNET = "CDRE ResNet-50 (decoder side inside)"
+DECODER_SIDE_ALONE = "decoder side alone"
 # The restoration network of the "restore, then analyse" competitor (complexity row, timed item).
 RESTORATION_ROW = "restoration network R (restore, then analyse)"
 CABAC_GOAL = 0.60  # cabac bits / raw bits (issue goal)
@@ -90,6 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--embeddings", nargs="+", default=list(EMBEDDINGS), choices=EMBEDDINGS,
+                   help="CNN embedding options (MODEL.VCM.CDRE.EMBEDDING) to measure")
     p.add_argument("--weights", default="", help="trained CDRE model (model_final.pth) for part 3")
     p.add_argument("--model-config", default=SLIM_CDRE_CONFIG, help="config of --weights")
     p.add_argument("--codec", default="x264", help="codec of the videos of part 3")
@@ -166,43 +191,62 @@ def _per_stage(side) -> List[str]:
     return [f"side.embedding.{part}.{n}" for n in side.stage_names for part in ("transforms", "fusions")]
 
 
-def _time(fn, warmup: int, store: Dict[str, List[float]], key: str) -> None:
+def _time(fn, warmup: int, store: Dict[str, List[float]], cpu_store: Dict[str, List[float]], key: str) -> None:
+    """One timed call: wall-clock ms into ``store``, CPU ms of this process into ``cpu_store``
+    (with one thread, the CPU time leaves out the time the process waits for a core)."""
     with torch.no_grad():
         for _ in range(warmup):
             fn()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         store.setdefault(key, []).append((time.perf_counter() - start) * 1000.0)
+        cpu_store.setdefault(key, []).append((time.process_time() - cpu_start) * 1000.0)
 
 
 # ----------------------------------------------------------------------------- part 1 + 2
-def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
+def _cdre_model(plain: nn.Module, embedding: str) -> nn.Module:
+    """The R50-FPN CDRE model with ``embedding`` (MODEL.VCM.CDRE.EMBEDDING) and the plain
+    model's weights (seeded: every option gets the same encoder side and decoder)."""
     torch.manual_seed(0)
-    plain = build_model(_cfg(R50_PLAIN_CONFIG)).eval()
-    cdre = build_model(_cfg(R50_CDRE_CONFIG)).eval()
+    cdre = build_model(_cfg(R50_CDRE_CONFIG, ["MODEL.VCM.CDRE.EMBEDDING", embedding])).eval()
     missing = cdre.load_state_dict(plain.state_dict(), strict=False)
     not_cdre = [k for k in missing.missing_keys if ".cdre." not in k and not k.startswith("cdre_")]
     if not_cdre or missing.unexpected_keys:
         raise RuntimeError(f"plain and CDRE R50-FPN differ beyond the CDRE modules: {not_cdre[:5]} "
                            f"{missing.unexpected_keys[:5]}")
+    return cdre
+
+
+def _tag(name: str, embedding: str) -> str:
+    return f"{name} [{embedding}]"
+
+
+def complexity_and_time(h: int, w: int, runs: int, warmup: int,
+                        embeddings: Sequence[str] = EMBEDDINGS) -> Dict:
+    """Parts 1 and 2 for every CNN embedding option, timed in one interleaved loop."""
+    torch.manual_seed(0)
+    plain = build_model(_cfg(R50_PLAIN_CONFIG)).eval()
+    models = {e: _cdre_model(plain, e) for e in embeddings}
+    first = models[embeddings[0]]
     px = h * w
     x = torch.randn(1, 3, h, w)
     x_hat = x + 0.1 * torch.randn_like(x)
-    bottom_up = cdre.backbone.bottom_up
-    side = bottom_up.cdre
+    bottom_up = first.backbone.bottom_up
     with torch.no_grad():
-        y_hat = cdre.cdre_encoder(x, x_hat).y_hat
-        d0 = side.decode(y_hat)
-    feats = stage_inputs(bottom_up, x, side.stage_names)
+        y_hat = first.cdre_encoder(x, x_hat).y_hat
+        d0 = bottom_up.cdre.decode(y_hat)
+    feats = stage_inputs(bottom_up, x, bottom_up.cdre.stage_names)
     rows = {}
-    rows["encoder side"] = complexity_report(cdre.cdre_encoder, (x, x_hat), num_pixels=px,
+    rows["encoder side"] = complexity_report(first.cdre_encoder, (x, x_hat), num_pixels=px,
                                              submodules=["extractor", "encoder"], time_runs=0)
-    rows["distortion decoder (CNN)"] = complexity_report(side.decoder, (y_hat,), num_pixels=px,
+    rows["distortion decoder (CNN)"] = complexity_report(bottom_up.cdre.decoder, (y_hat,), num_pixels=px,
                                                          time_runs=0)
-    rows["embedding (R50 stage inputs)"] = complexity_report(Embedding(side), (d0, *feats), num_pixels=px,
-                                                             submodules=_per_stage(side), time_runs=0)
-    rows["decoder side (decoder + embedding)"] = complexity_report(DecoderSide(side), (y_hat, *feats),
-                                                                   num_pixels=px, time_runs=0)
+    for e, model in models.items():
+        side = model.backbone.bottom_up.cdre
+        rows[_tag(EMBEDDING_ROW, e)] = complexity_report(Embedding(side), (d0, *feats), num_pixels=px,
+                                                         submodules=_per_stage(side), time_runs=0)
+        rows[_tag(DECODER_SIDE_ROW, e)] = complexity_report(DecoderSide(side), (y_hat, *feats),
+                                                            num_pixels=px, time_runs=0)
     # FPN needs sizes divisible by its size_divisibility: pad as the model's preprocessing does.
     div = plain.backbone.size_divisibility
     padded = nn.functional.pad(x, (0, -w % div, 0, -h % div))
@@ -211,47 +255,60 @@ def complexity_and_time(h: int, w: int, runs: int, warmup: int) -> Dict:
     restoration = build_model(_cfg(R50_RESTORE_CONFIG)).restoration.eval()
     rows[RESTORATION_ROW] = complexity_report(restoration, (torch.rand(1, 3, h, w) * 255,), num_pixels=px,
                                               time_runs=0)
-    enc_p = sum(p.numel() for p in cdre.cdre_encoder.parameters())
-    dec_p = sum(p.numel() for p in side.parameters())
+    enc_p = sum(p.numel() for p in first.cdre_encoder.parameters())
+    dec_p = {e: sum(p.numel() for p in m.backbone.bottom_up.cdre.parameters()) for e, m in models.items()}
 
     # Interleaved timing: every run times every item once, so load changes hit all alike.
     image = (torch.rand(3, h, w) * 255).round()
     original = (image + 8 * torch.randn_like(image)).clamp(0, 255).round()
-    streams = cdre.encode_side_streams([{"image": image, "original": original}])
+    streams = first.encode_side_streams([{"image": image, "original": original}])
     plain_in = [{"image": image, "height": h, "width": w}]
     cdre_in = [{"image": image, "height": h, "width": w, "cdre_bits": streams[0]}]
-    dec_side, plain_res = DecoderSide(side), PlainResNet(bottom_up)
-    xn = (image[None] - cdre.pixel_mean) / cdre.pixel_std
-    on = (original[None] - cdre.pixel_mean) / cdre.pixel_std
-    items = {
-        "plain Faster R-CNN inference": lambda: plain(plain_in),
-        "CDRE Faster R-CNN inference (from side stream)": lambda: cdre(cdre_in),
-        "plain ResNet-50": lambda: plain_res(xn),
-        "CDRE ResNet-50 (decoder side inside)": lambda: bottom_up(xn, y_hat=y_hat),
-        "decoder side alone": lambda: dec_side(y_hat, *feats),
+    plain_res = PlainResNet(bottom_up)
+    xn = (image[None] - first.pixel_mean) / first.pixel_std
+    on = (original[None] - first.pixel_mean) / first.pixel_std
+    items = {PLAIN_INFERENCE: lambda: plain(plain_in), PLAIN_RESNET: lambda: plain_res(xn)}
+    for e, model in models.items():
+        b, dec_side = model.backbone.bottom_up, DecoderSide(model.backbone.bottom_up.cdre)
+        items[_tag(CDRE_INFERENCE, e)] = lambda m=model: m(cdre_in)
+        items[_tag(CDRE_RESNET, e)] = lambda b=b: b(xn, y_hat=y_hat)
+        items[_tag(DECODER_SIDE_ALONE, e)] = lambda d=dec_side: d(y_hat, *feats)
+    items.update({
         "side-stream decode (cabac)": lambda: decode_side_stream(streams[0]),
-        "encoder side (sender)": lambda: cdre.cdre_encoder(on, xn),
+        "encoder side (sender)": lambda: first.cdre_encoder(on, xn),
         RESTORATION_ROW: lambda: restoration(image[None]),
-    }
+    })
     times: Dict[str, List[float]] = {}
+    cpu_times: Dict[str, List[float]] = {}
+    load = [os.getloadavg()]
     for r in range(runs):
         for key, fn in items.items():
-            _time(fn, warmup if r == 0 else 0, times, key)
+            _time(fn, warmup if r == 0 else 0, times, cpu_times, key)
         logger.info("timing run %d/%d done", r + 1, runs)
+    load.append(os.getloadavg())
     ms = {k: statistics.median(v) for k, v in times.items()}
-    base = ms["plain Faster R-CNN inference"]
-    overhead = {
-        "decoder side alone": ms["decoder side alone"],
-        "CDRE ResNet - plain ResNet": ms["CDRE ResNet-50 (decoder side inside)"] - ms["plain ResNet-50"],
-        "CDRE inference - plain inference (incl. side-stream decode)":
-            ms["CDRE Faster R-CNN inference (from side stream)"] - base,
-    }
-    return {"complexity": rows, "encoder_params": enc_p, "decoder_side_params": dec_p,
-            "ms": ms, "runs": {k: v for k, v in times.items()}, "overhead_ms": overhead,
-            "overhead_fraction": {k: v / base for k, v in overhead.items()},
+    cpu_ms = {k: statistics.median(v) for k, v in cpu_times.items()}
+    base = ms[PLAIN_INFERENCE]
+    overhead, overhead_cpu = _overheads(ms, embeddings), _overheads(cpu_ms, embeddings)
+    return {"complexity": rows, "embeddings": list(embeddings), "encoder_params": enc_p,
+            "decoder_side_params": dec_p, "ms": ms, "cpu_ms": cpu_ms, "runs": times, "cpu_runs": cpu_times,
+            "load_average_before_after": load, "overhead_ms": overhead,
+            "overhead_fraction": {e: {k: v / base for k, v in o.items()} for e, o in overhead.items()},
+            "overhead_fraction_cpu": {e: {k: v / cpu_ms[PLAIN_INFERENCE] for k, v in o.items()}
+                                      for e, o in overhead_cpu.items()},
             "side_stream_decode_fraction": ms["side-stream decode (cabac)"] / base,
             "restoration_fraction": ms[RESTORATION_ROW] / base,
             "side_stream_bytes_random_weights": len(streams[0])}
+
+
+def _overheads(ms: Dict[str, float], embeddings: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """The decoder side's time measured three ways (module docstring), per embedding option."""
+    return {e: {
+        DECODER_SIDE_ALONE: ms[_tag(DECODER_SIDE_ALONE, e)],
+        "CDRE ResNet - plain ResNet": ms[_tag(CDRE_RESNET, e)] - ms[PLAIN_RESNET],
+        "CDRE inference - plain inference (incl. side-stream decode)":
+            ms[_tag(CDRE_INFERENCE, e)] - ms[PLAIN_INFERENCE],
+    } for e in embeddings}
 
 
 def transformer_version(h: int, w: int) -> Dict:
@@ -302,7 +359,8 @@ def latent_maps(model, fmt: str, originals: Sequence[np.ndarray], decoded: Seque
 
 
 def side_stream_stats(maps: np.ndarray, fps: float) -> Dict:
-    """Bytes per frame of raw, cabac (no context / previous frame as context) and one packet."""
+    """Bytes per frame of raw, cabac (no context / previous frame as context), one packet and
+    the video side stream (header once; raw and cabac records)."""
     t = maps.shape[0]
     raw = [len(encode_side_stream(m, "raw")) for m in maps]
     alone = [len(encode_side_stream(m, "cabac")) for m in maps]
@@ -313,7 +371,9 @@ def side_stream_stats(maps: np.ndarray, fps: float) -> Dict:
     return {
         "frames": t, "map_shape": list(maps.shape[1:]), "ones_fraction": float(maps.mean()),
         "bytes_per_frame": {"raw": mean(raw), "cabac": mean(alone), "cabac_prev": mean(prev_ctx),
-                            "cabac_one_packet": seq_cabac / t, "raw_one_packet": seq_raw / t},
+                            "cabac_one_packet": seq_cabac / t, "raw_one_packet": seq_raw / t,
+                            "video_raw": len(encode_video_side_stream(maps, "raw")) / t,
+                            "video_cabac": len(encode_video_side_stream(maps, "cabac")) / t},
         "kB_per_s": {"raw": mean(raw) * fps / 1e3, "cabac": mean(alone) * fps / 1e3,
                      "cabac_prev": mean(prev_ctx) * fps / 1e3, "cabac_one_packet": seq_cabac / t * fps / 1e3},
         "cabac_to_raw": {"per_frame": sum(alone) / sum(raw), "per_frame_prev": sum(prev_ctx) / sum(raw),
@@ -448,60 +508,87 @@ def transformer_lines(t: Dict) -> List[str]:
 def restoration_lines(part12: Dict, w: int, h: int) -> List[str]:
     """CDRE's decoder side next to the restoration network of the "restore, then analyse"
     competitor: what the receiver runs per frame besides the detector."""
-    c, ms, base = part12["complexity"], part12["ms"], part12["ms"]["plain Faster R-CNN inference"]
-    side, r = c["decoder side (decoder + embedding)"]["total"], c[RESTORATION_ROW]["total"]
-    return [f"## Decoder side at {w}x{h}: CDRE vs restore, then analyse", "",
-            "Restoration network: configs/CDRE/faster_rcnn_R_50_FPN_restore.yaml (the R50 default "
-            "MODEL.VCM.RESTORATION); time as a fraction of plain Faster R-CNN R50-FPN inference, same "
-            "interleaved runs.", "",
-            "| decoder side | params | MACs/px | ms | fraction of plain inference |", "|---|---|---|---|---|",
-            f"| CDRE decoder side (decoder + embedding) | {_fmt_k(part12['decoder_side_params'])} | "
-            f"{_fmt_k(side.macs_per_pixel)} | {ms['decoder side alone']:.1f} | "
-            f"{part12['overhead_fraction']['decoder side alone']:.2%} |",
-            f"| + CDRE side-stream decode (cabac) | - | - | {ms['side-stream decode (cabac)']:.1f} | "
-            f"{part12['side_stream_decode_fraction']:.2%} |",
-            f"| restoration network R | {_fmt_k(r.params)} | {_fmt_k(r.macs_per_pixel)} | "
-            f"{ms[RESTORATION_ROW]:.1f} | {part12['restoration_fraction']:.2%} |", ""]
+    c, ms = part12["complexity"], part12["ms"]
+    r = c[RESTORATION_ROW]["total"]
+    lines = [f"## Decoder side at {w}x{h}: CDRE vs restore, then analyse", "",
+             "Restoration network: configs/CDRE/faster_rcnn_R_50_FPN_restore.yaml (the R50 default "
+             "MODEL.VCM.RESTORATION); time as a fraction of plain Faster R-CNN R50-FPN inference, same "
+             "interleaved runs.", "",
+             "| decoder side | params | MACs/px | ms | fraction of plain inference |", "|---|---|---|---|---|"]
+    for e in part12["embeddings"]:
+        side = c[_tag(DECODER_SIDE_ROW, e)]["total"]
+        lines.append(f"| CDRE decoder side (decoder + embedding), EMBEDDING {e} | "
+                     f"{_fmt_k(part12['decoder_side_params'][e])} | {_fmt_k(side.macs_per_pixel)} | "
+                     f"{ms[_tag(DECODER_SIDE_ALONE, e)]:.1f} | "
+                     f"{part12['overhead_fraction'][e][DECODER_SIDE_ALONE]:.2%} |")
+    return lines + [
+        f"| + CDRE side-stream decode (cabac) | - | - | {ms['side-stream decode (cabac)']:.1f} | "
+        f"{part12['side_stream_decode_fraction']:.2%} |",
+        f"| restoration network R | {_fmt_k(r.params)} | {_fmt_k(r.macs_per_pixel)} | "
+        f"{ms[RESTORATION_ROW]:.1f} | {part12['restoration_fraction']:.2%} |", ""]
+
+
+def _vs_paper(ours: float, paper: float) -> str:
+    dev = ours / paper - 1
+    return f"{dev:+.0%}" + ("" if abs(dev) <= PARAMS_TOLERANCE else f" (beyond {PARAMS_TOLERANCE:.0%})")
+
+
+def embedding_lines(part12: Dict) -> List[str]:
+    """One table row group per CNN embedding option: MACs/px, parameters vs the paper."""
+    c = part12["complexity"]
+    dec = c["distortion decoder (CNN)"]["total"]
+    enc_p = part12["encoder_params"]
+    lines = ["| EMBEDDING | transform blocks d_i params / MACs/px | fusions params / MACs/px | "
+             "embedding MACs/px | decoder side MACs/px | decoder-side params | CDRE params total "
+             f"(paper {_fmt_k(PAPER['total_params'])}) |", "|---|---|---|---|---|---|---|"]
+    for e in part12["embeddings"]:
+        emb = c[_tag(EMBEDDING_ROW, e)]
+
+        def part_sum(tag, field):
+            return sum(getattr(m, field) for m in emb["modules"] if tag in m.name)
+
+        total = enc_p + part12["decoder_side_params"][e]
+        lines.append(
+            f"| {e} | {_fmt_k(part_sum('.transforms.', 'params'))} / "
+            f"{_fmt_k(part_sum('.transforms.', 'macs_per_pixel'))} | {_fmt_k(part_sum('.fusions.', 'params'))} / "
+            f"{_fmt_k(part_sum('.fusions.', 'macs_per_pixel'))} | {_fmt_k(emb['total'].macs_per_pixel)} | "
+            f"{_fmt_k(dec.macs_per_pixel + emb['total'].macs_per_pixel)} | "
+            f"{_fmt_k(part12['decoder_side_params'][e])} | {_fmt_k(total)} "
+            f"{_vs_paper(total, PAPER['total_params'])} |")
+    return lines + [""]
 
 
 def report_text(args, part12: Dict, part3: Dict, transformer: Dict) -> str:
     h, w = args.height, args.width
     c = part12["complexity"]
-    enc, dec, emb, side = (c["encoder side"]["total"], c["distortion decoder (CNN)"]["total"],
-                           c["embedding (R50 stage inputs)"]["total"],
-                           c["decoder side (decoder + embedding)"]["total"])
-    total_p = part12["encoder_params"] + part12["decoder_side_params"]
-
-    def part_sum(tag, field):
-        return sum(getattr(m, field) for m in c["embedding (R50 stage inputs)"]["modules"] if tag in m.name)
-
+    enc, dec = c["encoder side"]["total"], c["distortion decoder (CNN)"]["total"]
     lines = [f"# CDRE complexity at {w}x{h} (R50 widths, CNN version)", "",
              "| quantity | ours | paper |", "|---|---|---|",
-             f"| encoder-side params | {_fmt_k(enc.params)} | {_fmt_k(PAPER['encoder_params'])} |",
+             f"| encoder-side params | {_fmt_k(enc.params)} ({_vs_paper(enc.params, PAPER['encoder_params'])}) | "
+             f"{_fmt_k(PAPER['encoder_params'])} |",
              f"| encoder-side MACs/px | {_fmt_k(enc.macs_per_pixel)} | {_fmt_k(PAPER['encoder_macs_px'])} |",
-             f"| distortion decoder MACs/px | {_fmt_k(dec.macs_per_pixel)} | - |",
-             f"| embedding MACs/px | {_fmt_k(emb.macs_per_pixel)} | - |",
-             f"| - of which transform blocks d_i (params / MACs/px) | {_fmt_k(part_sum('.transforms.', 'params'))} / "
-             f"{_fmt_k(part_sum('.transforms.', 'macs_per_pixel'))} | - |",
-             f"| - of which fusions f + Proj(CA(SA(f, d))) (params / MACs/px) | "
-             f"{_fmt_k(part_sum('.fusions.', 'params'))} / {_fmt_k(part_sum('.fusions.', 'macs_per_pixel'))} | - |",
-             f"| decoder side (decoder + embedding) MACs/px | {_fmt_k(side.macs_per_pixel)} | "
-             f"{_fmt_k(PAPER['cnn_decoder_macs_px'])} (\"CNN-version decoder\") |",
-             f"| decoder-side params | {_fmt_k(part12['decoder_side_params'])} | - |",
-             f"| CDRE params total | {_fmt_k(total_p)} | {_fmt_k(PAPER['total_params'])} |",
+             f"| distortion decoder MACs/px | {_fmt_k(dec.macs_per_pixel)} | "
+             f"{_fmt_k(PAPER['cnn_decoder_macs_px'])} (\"CNN-version decoder\", scope unstated) |",
              f"| R50-FPN backbone MACs/px (reference) | "
-             f"{_fmt_k(c['Faster R-CNN R50-FPN backbone']['total'].macs_per_pixel)} | - |", ""]
+             f"{_fmt_k(c['Faster R-CNN R50-FPN backbone']['total'].macs_per_pixel)} | - |", "",
+             "Embedding options (MODEL.VCM.CDRE.EMBEDDING; same transform blocks, different fusion):", ""]
+    lines += embedding_lines(part12)
     for name, rep in c.items():
         lines += [f"### {name}", "", format_complexity(rep)]
     lines += transformer_lines(transformer)
     ms = part12["ms"]
+    (l1, l5, l15), after = part12["load_average_before_after"]
     lines += [f"## Time on this CPU ({torch.get_num_threads()} threads, median of {args.runs} interleaved runs, "
-              "random weights)", "", "| item | ms |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in ms.items()]
-    lines += ["", f"| decoder-side overhead | ms | fraction of plain inference (goal <= {TIME_GOAL:.0%}) |",
-              "|---|---|---|"]
-    for k, v in part12["overhead_ms"].items():
-        lines.append(f"| {k} | {v:.1f} | {part12['overhead_fraction'][k]:.2%} |")
+              f"random weights; load average 1/5/15 min {l1:.2f}/{l5:.2f}/{l15:.2f} before, "
+              f"{after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f} after, {os.cpu_count()} CPUs)", "",
+              "| item | wall ms | CPU ms |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {part12['cpu_ms'][k]:.1f} |" for k, v in ms.items()]
+    lines += ["", f"| EMBEDDING | decoder-side overhead | wall ms | fraction of plain inference (goal <= "
+                  f"{TIME_GOAL:.0%}): wall / CPU time |", "|---|---|---|---|"]
+    for e, overhead in part12["overhead_ms"].items():
+        for k, v in overhead.items():
+            lines.append(f"| {e} | {k} | {v:.1f} | {part12['overhead_fraction'][e][k]:.2%} / "
+                         f"{part12['overhead_fraction_cpu'][e][k]:.2%} |")
     lines += ["", f"Side-stream decode alone: {part12['side_stream_decode_fraction']:.2%} of plain inference.", ""]
     lines += restoration_lines(part12, w, h)
     if part3:
@@ -510,10 +597,11 @@ def report_text(args, part12: Dict, part3: Dict, transformer: Dict) -> str:
                   f"paper ~{PAPER['side_kbps_720p30']:g} KB/s at 720p30)", "",
                   "| source | map | 1s | raw B/frame | cabac B/frame (no ctx / prev ctx / 1 packet) | "
                   "cabac/raw (no ctx / prev ctx / 1 packet) | payload cabac/raw (prev ctx / 1 packet) | "
-                  "KB/s raw / cabac prev ctx |", "|---|---|---|---|---|---|---|---|"]
+                  "KB/s raw / cabac prev ctx | video stream B/frame raw / cabac |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, s in part3.items():
             if s.get("unavailable"):
-                lines.append(f"| {name} | unavailable | | | | | | |")
+                lines.append(f"| {name} | unavailable | | | | | | | |")
                 continue
             b, r = s["bytes_per_frame"], s["cabac_to_raw"]
             kbs = s.get("kB_per_s")
@@ -522,9 +610,12 @@ def report_text(args, part12: Dict, part3: Dict, transformer: Dict) -> str:
                 f"| {name} | {'x'.join(map(str, s['map_shape']))} | {s['ones_fraction']:.2f} | {b['raw']:.1f} | "
                 f"{b['cabac']:.1f} / {b['cabac_prev']:.1f} / {b['cabac_one_packet']:.1f} | "
                 f"{r['per_frame']:.2f} / {r['per_frame_prev']:.2f} / {r['one_packet']:.2f} | "
-                f"{r['payload_per_frame_prev']:.2f} / {r['payload_one_packet']:.2f} | {kb} |")
+                f"{r['payload_per_frame_prev']:.2f} / {r['payload_one_packet']:.2f} | {kb} | "
+                f"{b['video_raw']:.1f} / {b['video_cabac']:.1f} |")
         lines += ["", f"Every packet carries a {HEADER_BYTES}-byte header (magic, sizes, CRC32); "
-                      "'payload' ratios leave it out.", ""]
+                      "'payload' ratios leave it out. The video stream carries a "
+                      f"{VIDEO_HEADER_BYTES}-byte header once and a {RECORD_CHECK_BYTES}-byte check "
+                      "per frame (vcm_d2/modeling/cdre/video_side_stream.py).", ""]
     return "\n".join(lines)
 
 
@@ -536,7 +627,7 @@ def main(argv=None):
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     logger.info("parts 1-2: complexity and timing at %dx%d", args.width, args.height)
-    part12 = complexity_and_time(args.height, args.width, args.runs, args.warmup)
+    part12 = complexity_and_time(args.height, args.width, args.runs, args.warmup, args.embeddings)
     transformer = transformer_version(args.height, args.width)
     part3 = {}
     if args.weights:

@@ -1,4 +1,5 @@
-"""Benchmark of CDRE's side bitstream (raw vs cabac) and, optionally, of the CDRE modules' size.
+"""Benchmark of CDRE's side bitstream (raw vs cabac; header per frame vs once per video) and,
+optionally, of the CDRE modules' size.
 
 Side stream: binary maps of a 720p frame's latent (6 x 23 x 40 bits) from
 (a) thresholding a spatially smooth, temporally AR(1)-correlated Gaussian random field (a
@@ -8,12 +9,20 @@ Each frame is coded as its own packet with the previous frame as context (stream
 whole sequence once as a single packet. Reports bytes, ratio to raw, KB/s at the frame rate and
 encode / decode time per frame.
 
+Header per frame vs once per video (``--video-frames`` frames per video, default 12, as the
+synthetic benchmark's videos): side-stream bits and bpp per frame of the image stream of every
+frame (15-byte header each, what an evaluation counted before the video stream) and of the
+video stream (13-byte header once, charged to the first frame, and a 2-byte check per record),
+raw and cabac, at 128x128 (the synthetic frames: 6 x 4 x 4 = 96 bits of raw payload) and at
+--width x --height, on the same map sources. For maps of a trained model use
+``benchmarks/cdre_complexity.py --weights ...`` (its part 3 has the same columns).
+
 Complexity (--complexity): parameters and MACs per input pixel (fvcore FlopCountAnalysis,
 which counts one multiply-add per conv/linear weight use, plus a handle for the fused
 attention's two matmuls) of the encoder side, the decoders
 and the embeddings for R50 stage inputs and Swin-T widths.
 
-    python benchmarks/cdre_side_stream.py [--frames 30] [--complexity]
+    python benchmarks/cdre_side_stream.py [--frames 30] [--video-frames 12] [--complexity]
 """
 import argparse
 import time
@@ -28,8 +37,10 @@ from vcm_d2.modeling.cdre.side_stream import (
     encode_side_stream,
     parse_side_stream_header,
 )
+from vcm_d2.modeling.cdre.video_side_stream import VIDEO_HEADER_BYTES, encode_video_side_stream, read_video_side_stream
 
 LATENT_STRIDE = 32
+SYNTHETIC_FRAME = (128, 128)  # (H, W) of the synthetic benchmark's frames
 
 
 def correlated_field_maps(frames, channels, h, w, sigma, rho, rng):
@@ -75,6 +86,42 @@ def bench_maps(name, maps, fps):
         f"({(len(seq) - HEADER_BYTES) / (raw_bytes - HEADER_BYTES):.3f} of raw payload) | "
         f"enc {enc_s / t * 1e3:5.2f} ms dec {dec_s / t * 1e3:5.2f} ms per frame"
     )
+
+
+def map_sources(frames, channels, h, w, rng):
+    """(name, (frames, C, h, w) maps) of every synthetic source: AR(1) fields and i.i.d. bits."""
+    out = [(f"field sigma={sigma} rho={rho}", correlated_field_maps(frames, channels, h, w, sigma, rho, rng))
+           for sigma in (1.0, 2.0) for rho in (0.7, 0.95)]
+    return out + [("iid random bits", rng.integers(0, 2, (frames, channels, h, w), dtype=np.uint8))]
+
+
+def header_per_frame_vs_video(maps, pixels):
+    """Bits per frame and bpp of the side stream of one video's maps: an image stream per frame
+    vs the video stream, raw and cabac. The video stream's per-frame bits are checked to add up
+    to its size and its maps to decode exactly."""
+    t = maps.shape[0]
+    row = {}
+    for mode in ("raw", "cabac"):
+        per_frame = sum(8 * len(encode_side_stream(m, mode)) for m in maps) / t
+        stream = encode_video_side_stream(maps, mode)
+        parsed = read_video_side_stream(stream, num_frames=t)
+        if sum(parsed.frame_bits) != 8 * len(stream) or not np.array_equal(parsed.maps.numpy(), maps):
+            raise RuntimeError("video side stream: bits or maps do not add up")
+        row[mode] = (per_frame, 8 * len(stream) / t)
+    return {k: (a, b, a / pixels, b / pixels) for k, (a, b) in row.items()}
+
+
+def video_table(args, rng):
+    print(f"\nheader per frame ({HEADER_BYTES} B) vs once per video ({VIDEO_HEADER_BYTES} B, charged to the "
+          f"first frame) -- {args.video_frames} frames per video; bits/frame and bpp")
+    print(f"{'frame':>10} {'source':<26} {'mode':<6} {'per frame':>10} {'per video':>10} "
+          f"{'bpp per frame':>14} {'bpp per video':>14} {'ratio':>6}")
+    for height, width in (SYNTHETIC_FRAME, (args.height, args.width)):
+        h, w = -(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE)
+        for name, maps in map_sources(args.video_frames, args.channels, h, w, rng):
+            for mode, (a, b, bpp_a, bpp_b) in header_per_frame_vs_video(maps, height * width).items():
+                print(f"{width:>5}x{height:<4} {name:<26} {mode:<6} {a:>10.1f} {b:>10.1f} "
+                      f"{bpp_a:>14.5f} {bpp_b:>14.5f} {b / a:>6.3f}")
 
 
 def complexity(height, width):
@@ -166,17 +213,15 @@ def main():
     parser.add_argument("--channels", type=int, default=6, help="latent channels")
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate for KB/s")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--video-frames", type=int, default=12, help="frames per video of the header comparison")
     parser.add_argument("--complexity", action="store_true", help="also report params / MACs")
     args = parser.parse_args()
     h, w = -(-args.height // LATENT_STRIDE), -(-args.width // LATENT_STRIDE)
     rng = np.random.default_rng(args.seed)
     print(f"side stream: {args.frames} frames of {args.channels}x{h}x{w} bits ({args.width}x{args.height})")
-    for sigma in (1.0, 2.0):
-        for rho in (0.7, 0.95):
-            maps = correlated_field_maps(args.frames, args.channels, h, w, sigma, rho, rng)
-            bench_maps(f"field sigma={sigma} rho={rho}", maps, args.fps)
-    iid = rng.integers(0, 2, (args.frames, args.channels, h, w), dtype=np.uint8)
-    bench_maps("iid random bits", iid, args.fps)
+    for name, maps in map_sources(args.frames, args.channels, h, w, rng):
+        bench_maps(name, maps, args.fps)
+    video_table(args, rng)
     if args.complexity:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,8 +1,8 @@
 """CDRE as detectron2 components: backbone wrappers, CDRERCNN, CDREPredictor and the configs.
 
 Checkpoint compatibility with plain detectors, bit-exact identity at init, identical
-predictions from the original and from the side stream, rate reporting, training, freezing,
-the C4 variant and the error paths.
+predictions from the original and from the side stream, per-video side streams (CDRERCNN and
+VideoPredictor), rate reporting, training, freezing, the C4 variant and the error paths.
 """
 import glob
 import os
@@ -19,18 +19,24 @@ from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 
 from vcm_d2.data.synthetic import KEYPOINT_OKS_SIGMAS
-from vcm_d2.engine import VCMTrainer, get_vcm_cfg
+from vcm_d2.engine import VCMTrainer, VideoPredictor, get_vcm_cfg
 from vcm_d2.modeling.cdre import (
     CDREDecoderSide,
     CDREPredictor,
     CDREResNet,
     CrossAttentionEmbedding,
     TokenDistortionDecoder,
+    decode_side_stream,
     encode_side_stream,
     parse_side_stream_header,
+    read_video_side_stream,
 )
 from vcm_d2.modeling.cdre.backbone import stage_input_shapes
 from vcm_d2.modeling.cdre.embedding import AttentionFusion, CrossAttentionFusion
+from vcm_d2.modeling.cdre.video_side_stream import VIDEO_MAGIC
+
+# Tiny CPU models: one torch thread avoids thread contention (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -254,6 +260,64 @@ def test_predictor_round_trip(active_model, tmp_path):
     assert pred["instances"].image_size == (97, 131)
     with pytest.raises(ValueError, match="same shape"):
         predictor.encode(original[:64], decoded)
+
+
+# ---------------------------------------------------------------------------- video side streams
+def _video_frames(n, seed, video_id="v"):
+    """Frames of one video as the test loader feeds them: per-frame dicts with ids, in order."""
+    return [dict(d, video_id=video_id, frame_idx=i) for i, d in enumerate(_inputs(sizes=[(96, 128)] * n, seed=seed))]
+
+
+def test_frames_of_a_video_share_one_side_stream(active_model):
+    cfg, model = active_model
+    model.eval()  # a new evaluation: no stream is open
+    frames = _video_frames(4, seed=6)
+    with torch.no_grad():
+        from_original = [model([d])[0] for d in frames]  # batch 1, dataset order
+        chunks = [o["cdre_bits"] for o in from_original]
+        receiver = [{k: d[k] for k in ("image", "height", "width", "video_id", "frame_idx")} for d in frames]
+        from_bits = [model([dict(d, cdre_bits=c)])[0] for d, c in zip(receiver, chunks)]
+        alone = model.encode_side_streams([{k: v for k, v in d.items() if k != "video_id"} for d in frames])
+    parsed = read_video_side_stream(b"".join(chunks), num_frames=4)
+    assert [o["side_bits"] for o in from_original] == parsed.frame_bits == [8 * len(c) for c in chunks]
+    assert [o["side_bits"] for o in from_bits] == parsed.frame_bits
+    assert chunks[0][:2] == VIDEO_MAGIC and parsed.header.frame_shape == (LATENT, _ceil(96), _ceil(128))
+    for m, image_stream in zip(parsed.maps, alone):  # the same maps as per-image streams
+        assert torch.equal(m, decode_side_stream(image_stream))
+    _assert_same_predictions(from_original, from_bits)
+    assert model.encode_side_streams(frames) == chunks  # the sender's own session, same bytes
+    model.eval()  # streams close with every train() / eval()
+    with pytest.raises(ValueError, match="not the start of a CDRE video side stream"):
+        model([dict(receiver[1], cdre_bits=chunks[1])])
+
+
+def test_side_stream_per_image_when_configured():
+    cfg = _cfg(SLIM_OURS, "MODEL.VCM.CDRE.SIDE_STREAM_PER_VIDEO", False, "MODEL.VCM.CDRE.OUTPUT_SIDE_STREAM", True)
+    model = VCMTrainer.build_model(cfg).eval()
+    with torch.no_grad():
+        outs = [model([d])[0] for d in _video_frames(2, seed=7)]
+    for o in outs:  # self-contained image streams, as for frames without video ids
+        assert o["side_bits"] == 8 * len(o["cdre_bits"])
+        assert parse_side_stream_header(o["cdre_bits"]).shape == (LATENT, _ceil(96), _ceil(128))
+
+
+def test_video_predictor_sender_and_receiver_code_one_stream(active_model, tmp_path):
+    cfg, model = active_model
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("cdre")
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = str(tmp_path / "cdre.pth")
+    sender, receiver = VideoPredictor(cfg), VideoPredictor(cfg)
+    g = np.random.default_rng(1)
+    originals = [g.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    decoded = [np.clip(o + g.normal(0, 20, o.shape), 0, 255).astype(np.uint8) for o in originals]
+    chunks = [sender.encode_side_stream(o, d) for o, d in zip(originals, decoded)]
+    outs = [receiver(d, side_stream=c) for d, c in zip(decoded, chunks)]
+    stream = b"".join(chunks)
+    assert [o["side_bits"] for o in outs] == read_video_side_stream(stream, num_frames=3).frame_bits
+    assert receiver.total_bits == 8 * len(stream)
+    receiver.reset()  # a new video: a new stream, whose first frame carries the header
+    with pytest.raises(ValueError, match="not the start of a CDRE video side stream"):
+        receiver(decoded[1], side_stream=chunks[1])
 
 
 # ---------------------------------------------------------------------------- training

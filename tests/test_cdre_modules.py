@@ -63,6 +63,8 @@ def test_config_defaults_and_idempotence():
     assert list(c.EMBED_STAGES) == ["res2", "res3", "res4", "res5"]
     assert list(c.STAGE_CHANNELS) == [16, 64, 128, 256]
     assert c.COSINE_WEIGHT == 0.1 and c.SIDE_STREAM_MODE == "cabac"
+    assert c.EMBEDDING == "attention_fusion"  # the gated option is opt-in (tests/test_cdre_embedding.py)
+    assert c.SIDE_STREAM_PER_VIDEO and c.SIDE_STREAM_MAX_OPEN_VIDEOS == 64
     c.LATENT_CHANNELS = 3
     add_cdre_config(cfg)  # second call keeps user values
     assert cfg.MODEL.VCM.CDRE.LATENT_CHANNELS == 3

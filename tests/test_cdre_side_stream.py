@@ -1,4 +1,5 @@
-"""CDRE side bitstream: exact round trips, header, sizes, compression and error handling."""
+"""CDRE side bitstreams (image and video formats): exact round trips, headers, sizes and
+per-frame bits, compression, error handling, and the per-video sessions of an evaluation."""
 import struct
 import zlib
 
@@ -7,12 +8,23 @@ import pytest
 import torch
 
 from vcm_d2.modeling.cdre import binarize
+from vcm_d2.modeling.cdre.binary_coder import ContextModel, cabac_decode, cabac_encode
 from vcm_d2.modeling.cdre.side_stream import (
     HEADER_BYTES,
     decode_side_stream,
     encode_side_stream,
     parse_side_stream_header,
     side_stream_bits,
+)
+from vcm_d2.modeling.cdre.video_side_stream import (
+    RECORD_CHECK_BYTES,
+    VIDEO_HEADER_BYTES,
+    VIDEO_MAGIC,
+    SideStreamSessions,
+    VideoSideStreamDecoder,
+    VideoSideStreamEncoder,
+    encode_video_side_stream,
+    read_video_side_stream,
 )
 
 
@@ -176,3 +188,185 @@ def test_invalid_inputs():
         encode_side_stream(np.zeros((1, 256, 1, 1), dtype=np.uint8))
     with pytest.raises(ValueError, match="unknown side-stream mode"):
         encode_side_stream(np.zeros((1, 1, 1), dtype=np.uint8), "zip")
+
+
+# ---------------------------------------------------------------------------- image format frozen
+# Streams written by the first version of side_stream.py: the image format stays readable and
+# byte-identical (the video stream is a separate format).
+GOLDEN_BITS = (np.arange(120).reshape(2, 3, 4, 5) * 7 % 5 < 2).astype(np.uint8)
+GOLDEN_PREV = (np.arange(60).reshape(3, 4, 5) % 3 == 0).astype(np.uint8)
+GOLDEN_STREAMS = [
+    ((GOLDEN_BITS, "raw"), "43440100000203000400052123d89b94a5294a5294a5294a5294a5294a52"),
+    ((GOLDEN_BITS, "cabac"), "434401010002030004000527b81d368b6fca506c2536edf642"),
+    ((GOLDEN_BITS[1], "cabac"), "4344011100010300040005322e78348b6fca40e067bf"),
+    ((GOLDEN_BITS[1:], "cabac", GOLDEN_PREV), "4344010400010300040005f3d6d58c94a5294a5294a520"),
+]
+
+
+@pytest.mark.parametrize("args, stream", GOLDEN_STREAMS, ids=["raw", "cabac", "cabac_chw", "cabac_prev"])
+def test_image_stream_format_is_unchanged(args, stream):
+    data = bytes.fromhex(stream)
+    assert encode_side_stream(*args) == data
+    prev = args[2] if len(args) > 2 else None
+    assert np.array_equal(decode_side_stream(data, prev=prev).numpy(), args[0])
+
+
+# ---------------------------------------------------------------------------- video side stream
+def _frame_records(data: bytes, frame_bits):
+    ends = np.cumsum([b // 8 for b in frame_bits])
+    return [data[s:e] for s, e in zip([0, *ends[:-1]], ends)]
+
+
+@pytest.mark.parametrize("mode", ["raw", "cabac"])
+@pytest.mark.parametrize("shape", [(12, 6, 4, 4), (3, 6, 23, 40), (1, 1, 1, 1), (4, 2, 3, 5)])
+def test_video_stream_round_trip_and_exact_frame_bits(mode, shape):
+    maps = _correlated_maps(*shape, seed=2)
+    data = encode_video_side_stream(maps, mode)
+    parsed = read_video_side_stream(data, num_frames=shape[0])
+    assert parsed.header.mode == mode and parsed.header.frame_shape == shape[1:]
+    assert np.array_equal(parsed.maps.numpy().astype(np.uint8), maps)
+    assert sum(parsed.frame_bits) == 8 * len(data)
+    # frame by frame: the frames' bytes are the stream's, the header travels with frame 0
+    encoder, decoder = VideoSideStreamEncoder(mode), VideoSideStreamDecoder()
+    chunks = [encoder.encode(torch.from_numpy(m).float()) for m in maps]
+    assert b"".join(chunks) == data and [8 * len(c) for c in chunks] == parsed.frame_bits
+    assert chunks[0][:2] == VIDEO_MAGIC
+    for chunk, m in zip(chunks, maps):
+        assert np.array_equal(decoder.decode(chunk).numpy(), m)
+
+
+def test_video_stream_sizes_at_128px():
+    """6 x 4 x 4 maps (128-px frames): raw records are the 12 payload bytes plus the check, and
+    the 13-byte header is paid once, by frame 0 (an image stream pays 15 bytes every frame)."""
+    maps = np.random.RandomState(0).randint(0, 2, (12, 6, 4, 4)).astype(np.uint8)
+    raw = read_video_side_stream(encode_video_side_stream(maps, "raw"))
+    record = 12 + RECORD_CHECK_BYTES
+    assert raw.frame_bits == [8 * (VIDEO_HEADER_BYTES + record)] + [8 * record] * 11
+    image = [side_stream_bits(encode_side_stream(m, "raw")) for m in maps]
+    assert image == [8 * (HEADER_BYTES + 12)] * 12 and sum(raw.frame_bits) < 0.6 * sum(image)
+    # i.i.d. bits: cabac stores every frame raw, behind a one-byte length field
+    cabac = read_video_side_stream(encode_video_side_stream(maps, "cabac"))
+    assert cabac.frame_bits == [b + 8 for b in raw.frame_bits]
+
+
+def test_video_cabac_uses_the_previous_frame_and_the_stream_so_far():
+    maps = _correlated_maps(12, 6, 4, 4, rho=0.99, seed=4)
+    video = len(encode_video_side_stream(maps, "cabac"))
+    image = sum(len(encode_side_stream(m, "cabac")) for m in maps)
+    raw = len(encode_video_side_stream(maps, "raw"))
+    assert video < raw and video < 0.45 * image
+    constant = np.zeros((5, 6, 23, 40), dtype=np.uint8)  # an all-zero map codes to 0 bytes
+    parsed = read_video_side_stream(encode_video_side_stream(constant, "cabac"))
+    assert parsed.frame_bits[1:] == [8 * (1 + RECORD_CHECK_BYTES)] * 4
+    assert not parsed.maps.any()
+
+
+def test_short_end_cabac_round_trips_with_a_carried_model():
+    rs = np.random.RandomState(5)
+    for _ in range(200):
+        c, h, w = rs.randint(1, 7, size=3)
+        bits = (rs.rand(1, c, h, w) < rs.choice([0.0, 0.05, 0.5, 0.97, 1.0])).astype(np.uint8)
+        prev = (rs.rand(c, h, w) < 0.5).astype(np.uint8) if rs.rand() < 0.5 else None
+        model = ContextModel(c)
+        model.c0 = list(2 * rs.randint(0, 200, len(model.c0)) + 1)
+        enc, dec = model.copy(), model.copy()
+        data = cabac_encode(bits, prev, enc, short_end=True)
+        assert not data.endswith(b"\0")
+        assert np.array_equal(cabac_decode(data, bits.shape, prev, dec, short_end=True), bits)
+        assert (enc.c0, enc.c1) == (dec.c0, dec.c1)
+
+
+@pytest.mark.parametrize("mode", ["raw", "cabac"])
+def test_video_stream_every_corrupt_byte_raises(mode):
+    data = encode_video_side_stream(_correlated_maps(3, 6, 3, 4, seed=6), mode)
+    for pos in range(len(data)):
+        for flip in (0x01, 0x80):
+            bad = bytearray(data)
+            bad[pos] ^= flip
+            with pytest.raises(ValueError):
+                read_video_side_stream(bytes(bad), num_frames=3)
+
+
+@pytest.mark.parametrize("mode", ["raw", "cabac"])
+def test_video_stream_truncation_and_record_order(mode):
+    maps = _correlated_maps(3, 6, 3, 4, seed=7)
+    data = encode_video_side_stream(maps, mode)
+    bits = read_video_side_stream(data).frame_bits
+    boundaries = set(np.cumsum([b // 8 for b in bits]).tolist())
+    for n in range(len(data)):
+        if n in boundaries:  # a shorter valid stream: only a known count tells
+            with pytest.raises(ValueError, match="expected 3"):
+                read_video_side_stream(data[:n], num_frames=3)
+        else:
+            with pytest.raises(ValueError, match="truncated|check mismatch|header"):
+                read_video_side_stream(data[:n])
+    head, r0, r1, r2 = data[:VIDEO_HEADER_BYTES], *_frame_records(data, bits)
+    r0 = r0[VIDEO_HEADER_BYTES:]
+    for order in ([r0, r2, r1], [r0, r2], [r1, r0, r2], [r0, r0, r1]):
+        with pytest.raises(ValueError, match="check mismatch"):
+            read_video_side_stream(head + b"".join(order))
+    decoder = VideoSideStreamDecoder()
+    with pytest.raises(ValueError, match="length mismatch"):
+        decoder.decode(head + r0 + b"\0")
+
+
+def test_video_stream_header_errors():
+    data = encode_video_side_stream(_correlated_maps(2, 6, 3, 4), "cabac")
+    with pytest.raises(ValueError, match="image side stream"):
+        VideoSideStreamDecoder().decode(encode_side_stream(_correlated_maps(1, 6, 3, 4)[0]))
+    with pytest.raises(ValueError, match="unsupported video side-stream version"):
+        read_video_side_stream(data[:2] + bytes([9]) + data[3:])
+    with pytest.raises(ValueError, match="shorter than its 13-byte header"):
+        read_video_side_stream(data[:5])
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_video_side_stream(np.zeros((1, 255, 129, 129), dtype=np.uint8))
+    encoder = VideoSideStreamEncoder("raw")
+    encoder.encode(np.zeros((6, 3, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="start a new stream"):
+        encoder.encode(np.zeros((6, 3, 5), dtype=np.uint8))
+    with pytest.raises(ValueError, match="unknown side-stream mode"):
+        VideoSideStreamEncoder("zip")
+
+
+# ---------------------------------------------------------------------------- sessions
+def _session_run(sessions, frames):
+    return [sessions.encode(m, vid, idx) for vid, idx, m in frames]
+
+
+def test_sessions_open_a_stream_per_video_and_both_ends_agree(caplog):
+    maps = _correlated_maps(5, 6, 3, 4, seed=8)
+    frames = [("a", 0, maps[0]), ("b", 0, maps[1]), ("a", 1, maps[2]), ("b", 3, maps[3]),
+              ("a", 1, maps[4]), ("c", None, maps[0]), (None, 2, maps[1])]
+    sender, receiver = SideStreamSessions("cabac"), SideStreamSessions("cabac")
+    with caplog.at_level("WARNING"):
+        chunks = _session_run(sender, frames)
+    # new streams: each video's first frame, and video a again after a repeated frame_idx
+    starts = [c[:2] == VIDEO_MAGIC for c in chunks[:5]]
+    assert starts == [True, True, False, False, True] and "follows frame_idx 1" in caplog.text
+    # frames without video_id or frame_idx keep self-contained image streams
+    assert all(parse_side_stream_header(c).shape == (6, 3, 4) for c in chunks[5:])
+    for (vid, idx, m), chunk in zip(frames, chunks):
+        assert np.array_equal(receiver.decode(chunk, m.shape, vid, idx).numpy(), m)
+    # per-image sessions code every frame alone
+    per_image = _session_run(SideStreamSessions("cabac", per_video=False), frames)
+    assert per_image == [encode_side_stream(m, "cabac") for _, _, m in frames]
+
+
+def test_sessions_close_the_least_recently_used_stream():
+    maps = _correlated_maps(3, 6, 3, 4, seed=9)
+    sessions = SideStreamSessions("raw", max_open=1)
+    chunks = _session_run(sessions, [("a", 0, maps[0]), ("b", 0, maps[1]), ("a", 1, maps[2])])
+    assert all(c[:2] == VIDEO_MAGIC for c in chunks)  # a was closed by b: it restarts
+    sessions.reset()
+    assert sessions.encode(maps[0], "b", 1)[:2] == VIDEO_MAGIC
+
+
+def test_receiver_session_rejects_a_broken_stream_and_recovers():
+    maps = _correlated_maps(3, 6, 3, 4, seed=10)
+    chunks = _session_run(SideStreamSessions("cabac"), [("v", i, m) for i, m in enumerate(maps)])
+    receiver = SideStreamSessions("cabac")
+    receiver.decode(chunks[0], maps[0].shape, "v", 0)
+    with pytest.raises(ValueError, match="check mismatch"):
+        receiver.decode(chunks[2], maps[2].shape, "v", 2)  # frame 1 was lost
+    with pytest.raises(ValueError, match="bad magic"):  # the broken stream is closed
+        receiver.decode(chunks[2], maps[2].shape, "v", 3)

@@ -195,7 +195,8 @@ def predict(predictor: VideoPredictor, method: str, original: np.ndarray, seen: 
     seen_bgr = np.ascontiguousarray(seen[:, :, ::-1])
     if method == "cdre":
         original_bgr = np.ascontiguousarray(original[:, :, ::-1])
-        # Sender and receiver are one predictor: the side stream does not advance its frame.
+        # Sender and receiver are one predictor: it encodes the frame's record of the video's
+        # side stream, then decodes it (each side numbers its own frames).
         side_stream = predictor.encode_side_stream(original_bgr, seen_bgr)
         return predictor(seen_bgr, side_stream=side_stream, bits=bits)
     return predictor(seen_bgr, bits=bits)

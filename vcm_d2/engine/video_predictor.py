@@ -12,8 +12,11 @@ State kept between calls, per model:
   temporal prior carry over; ``out["bits"]`` is each frame's share of that stream, and the
   bits of all calls add up to the bits of ``TransVFC.encode_video`` on the same frames.
 * CDRE (``CDRERCNN``): each call takes the frame's side stream (``side_stream=`` bytes, the
-  receiver) or the original frame (``original=``, the sender, which encodes it);
-  ``out["side_bits"]`` counts it.
+  receiver) or the original frame (``original=``, which encodes it); ``out["side_bits"]``
+  counts it. The sender gets each frame's bytes from ``encode_side_stream``. With
+  ``SIDE_STREAM_PER_VIDEO`` the frames since ``reset()`` form one side stream (header with the
+  first frame, then a record per frame), so sender calls and receiver calls each number their
+  frames: ``encode_side_stream`` and ``__call__`` may run on one predictor or on two.
 * The VIS model (``VideoInstanceSegmentor``): its per-frame network runs as above and its
   tracker links the frames; ``out["instances"]`` carry the track ``ID``; ``tracks()`` gives
   the video's tracks so far.
@@ -54,6 +57,7 @@ class VideoPredictor(DefaultPredictor):
         # A new key per video: TransVFC opens a new stream for it (header + I-frame).
         self.video_key = f"VideoPredictor-{next(_video_keys)}"
         self.frame_index = 0
+        self.sender_frame_index = 0  # frames given to encode_side_stream
         self.total_bits = 0
         self.total_pixels = 0
         self._transform = None
@@ -69,18 +73,17 @@ class VideoPredictor(DefaultPredictor):
         return bgr_to_model_input(frame_bgr, self.input_format, self._transform, what)
 
     def _inputs(self, frame_bgr: np.ndarray, original: Optional[np.ndarray],
-                side_stream: Optional[bytes]) -> Dict[str, Any]:
+                side_stream: Optional[bytes], frame_index: int) -> Dict[str, Any]:
         if not isinstance(frame_bgr, np.ndarray):
             raise ValueError(f"frame must be an HxWx3 BGR array, got {type(frame_bgr).__name__}")
         if self._transform is None:  # every frame of a video is resized alike
             self._transform = self.aug.get_transform(frame_bgr)
             self._size = frame_bgr.shape[:2]
         elif frame_bgr.shape[:2] != self._size:
-            raise ValueError(f"frame {self.frame_index} is {frame_bgr.shape[:2]} (HxW), the video "
+            raise ValueError(f"frame {frame_index} is {frame_bgr.shape[:2]} (HxW), the video "
                              f"started at {self._size}; call reset() for a new video")
         inputs = {"image": self._input(frame_bgr, "frame"), "height": self._size[0],
-                  "width": self._size[1], "video_id": self.video_key,
-                  "frame_idx": self.frame_index}
+                  "width": self._size[1], "video_id": self.video_key, "frame_idx": frame_index}
         if original is not None:
             if original.shape != frame_bgr.shape:
                 raise ValueError(f"original {original.shape} and frame {frame_bgr.shape} differ")
@@ -105,7 +108,7 @@ class VideoPredictor(DefaultPredictor):
             the network's output dict ("instances", "sem_seg", ..., "bits" / "side_bits" as
             reported) with "instances" tracked (``ID``) for the VIS model.
         """
-        inputs = self._inputs(frame_bgr, original, side_stream)
+        inputs = self._inputs(frame_bgr, original, side_stream, self.frame_index)
         output = dict(self.network([inputs])[0])
         if bits is not None:
             if BITS in output:
@@ -127,11 +130,13 @@ class VideoPredictor(DefaultPredictor):
         return self._tracks.result()
 
     def encode_side_stream(self, original: np.ndarray, frame_bgr: np.ndarray) -> bytes:
-        """CDRE sender side: the side stream of the next frame (call before ``__call__`` on
-        the receiver's predictor, which takes it as ``side_stream=``)."""
+        """CDRE sender side: the side-stream bytes of the next frame given to this method
+        since ``reset()`` (the receiver's predictor takes them as ``side_stream=``)."""
         encode = getattr(self.network, "encode_side_streams", None)
         if encode is None:
             raise ValueError(f"{type(self.network).__name__} has no CDRE side stream")
-        inputs = self._inputs(frame_bgr, original, None)
+        inputs = self._inputs(frame_bgr, original, None, self.sender_frame_index)
         with torch.no_grad():
-            return encode([inputs])[0]
+            stream = encode([inputs])[0]
+        self.sender_frame_index += 1
+        return stream

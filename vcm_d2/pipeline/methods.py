@@ -73,6 +73,7 @@ SYNTHETIC_DETECTION = MethodTable(
         "restore": "restore_faster_rcnn_R18_slim.yaml",
         "ours_fd": "cdre_faster_rcnn_R18_slim_ours_fd.yaml",
         "ours": "cdre_faster_rcnn_R18_slim_ours.yaml",
+        "ours_gated": "cdre_faster_rcnn_R18_slim_ours_gated.yaml",
     })
 # The slim video instance segmentation models of configs/synthetic (the VIS benchmark's rows).
 SYNTHETIC_VIS = MethodTable(
@@ -90,7 +91,8 @@ SYNTHETIC_SWIN = MethodTable(
 # Faster R-CNN R50-FPN in the modes of CDRE Table I (configs/CDRE, real data, e.g. COCO).
 CDRE_FASTER_RCNN_R50_FPN = MethodTable(
     clean="faster_rcnn_R_50_FPN_direct.yaml",
-    methods={m: f"faster_rcnn_R_50_FPN_{m}.yaml" for m in ("head_ft", "full_ft", "restore", "ours_fd", "ours")})
+    methods={m: f"faster_rcnn_R_50_FPN_{m}.yaml"
+             for m in ("head_ft", "full_ft", "restore", "ours_fd", "ours", "ours_gated")})
 # Mask R-CNN Swin-T in the modes of CDRE Table I (configs/CDRE, real data).
 CDRE_MASK_RCNN_SWIN_T_FPN = MethodTable(
     clean="mask_rcnn_swin_T_FPN_direct.yaml",

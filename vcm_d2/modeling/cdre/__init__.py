@@ -2,7 +2,8 @@
 
 Encoder side (where the original frame exists): ``CDREEncoderSide`` =
 ``CompressionSensitiveExtractor`` (eq. 2) + ``DistortionEncoder`` (eq. 3-4) + ``binarize`` (eq. 5);
-the binary map y_hat travels in the side stream (``encode_side_stream`` / ``decode_side_stream``).
+the binary map y_hat travels in the side stream (``encode_side_stream`` / ``decode_side_stream``
+for an image; for the frames of a video one stream with its header once, ``video_side_stream``).
 Decoder side: ``DistortionDecoder`` (CNN) or ``TokenDistortionDecoder`` (Transformer) gives d_0,
 then ``DistortionEmbedding`` (eq. 6) or ``CrossAttentionEmbedding`` (eq. 7) fuses it into the
 backbone stage by stage. Training adds ``CDRECosineLoss`` (eq. 8). Config: ``add_cdre_config``.
@@ -49,6 +50,13 @@ from .side_stream import (
     parse_side_stream_header,
     side_stream_bits,
 )
+from .video_side_stream import (
+    SideStreamSessions,
+    VideoSideStreamDecoder,
+    VideoSideStreamEncoder,
+    encode_video_side_stream,
+    read_video_side_stream,
+)
 
 __all__ = [
     "add_cdre_config",
@@ -69,6 +77,11 @@ __all__ = [
     "parse_side_stream_header",
     "side_stream_bits",
     "SideStreamHeader",
+    "encode_video_side_stream",
+    "read_video_side_stream",
+    "VideoSideStreamEncoder",
+    "VideoSideStreamDecoder",
+    "SideStreamSessions",
     "CDREDecoderSide",
     "DistortionAwareBackbone",
     "DistortionAwareInput",

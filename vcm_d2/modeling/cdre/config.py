@@ -59,6 +59,9 @@ def add_cdre_config(cfg):
     _C.CDRE.STAGE_CHANNELS = [16, 64, 128, 256]
     # Normalization of the CNN transform blocks (eq. 6 "Norm"): "IN", "BN" or "none".
     _C.CDRE.TRANSFORM_NORM = "IN"
+    # CNN fusion of d_i into f_i (eq. 6, embedding.py): "attention_fusion" f + Proj(CA(SA(f, d)))
+    # or "gated" f + gamma * CA(SA(f, d)) restricted to f's channels (no projection, ~1/5 the MACs).
+    _C.CDRE.EMBEDDING = "attention_fusion"
     # Reduction ratio of the SE-style channel attention of the CNN embedding.
     _C.CDRE.ATTENTION_REDUCTION = 16
     # Attention heads of the Transformer embedding's cross-attention (eq. 7 uses a single head).
@@ -76,6 +79,11 @@ def add_cdre_config(cfg):
     # Also put each image's side-stream bytes into CDRERCNN's inference outputs as "cdre_bits"
     # (to store them); "side_bits" (their size) is always reported.
     _C.CDRE.OUTPUT_SIDE_STREAM = False
+    # Frames with video_id / frame_idx (video pair datasets, the VIS model, VideoPredictor) share one
+    # side stream per video: its header once, then a record per frame; False: one stream per image.
+    _C.CDRE.SIDE_STREAM_PER_VIDEO = True
+    # Per-video side streams kept open in inference (least recently used closed first).
+    _C.CDRE.SIDE_STREAM_MAX_OPEN_VIDEOS = 64
     _add_swin_config(_C)
     return cfg
 

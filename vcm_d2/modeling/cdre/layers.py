@@ -47,9 +47,13 @@ class SpatialAttention(nn.Module):
             raise ValueError(f"spatial attention kernel must be odd and positive, got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
+    def weights(self, stats: torch.Tensor) -> torch.Tensor:
+        """The (B, 1, H, W) weights from the (B, 2, H, W) channel [mean, max] of the input."""
+        return torch.sigmoid(self.conv(stats))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.conv(stats))
+        return x * self.weights(stats)
 
 
 class ChannelAttention(nn.Module):

@@ -18,10 +18,22 @@ padded batch's ceil(H/s) x ceil(W/s) grid; with FPN (size_divisibility 32) that 
 padded image / 32. The original path and the bitstream path therefore feed the backbone the
 very same tensor, and give identical predictions.
 
-Inference outputs get "side_bits" (8 * len(side stream), header included, coded with
-``SIDE_STREAM_MODE``; also when the model encoded the stream itself from "original", so the
-rate is always counted by ``RateTaskEvaluator``) and, with ``OUTPUT_SIDE_STREAM``,
-"cdre_bits" (the bytes, to store them).
+Inference outputs get "side_bits" (8 * len(the image's side-stream bytes), header included,
+coded with ``SIDE_STREAM_MODE``; also when the model encoded the stream itself from
+"original", so the rate is always counted by ``RateTaskEvaluator``) and, with
+``OUTPUT_SIDE_STREAM``, "cdre_bits" (the bytes, to store them).
+
+Videos. With ``SIDE_STREAM_PER_VIDEO`` (default), inputs that carry ``video_id`` and
+``frame_idx`` -- per-frame records of video datasets, fed in dataset order by detectron2's test
+loader; the frames the VIS model runs through this network; ``VideoPredictor`` -- belong to
+their video's side stream (``video_side_stream.py``): a frame's "cdre_bits" are its record,
+with the stream header in front on the frame that opens the stream, and its "side_bits" count
+exactly those bytes, so a video's side bits add up to its whole stream. Which frames continue
+a stream is decided by ``SideStreamSessions``, the same way at the sender and the receiver.
+The model keeps one set of open streams per role -- ``encode_side_streams`` (sender),
+inference from "original" (both ends in one), inference from "cdre_bits" (receiver) -- and
+closes them all on ``train()`` / ``eval()``. Inputs without ``video_id`` / ``frame_idx`` keep
+self-contained image streams (``side_stream.py``).
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -36,13 +48,16 @@ from ...utils.rate import SIDE_BITS
 from .backbone import DistortionAwareBackbone, _ceil_div
 from .distortion_codec import CDREEncoderSide
 from .loss import CDRECosineLoss
-from .side_stream import SIDE_STREAM_MODES, decode_side_stream, encode_side_stream, side_stream_bits
+from .side_stream import SIDE_STREAM_MODES, side_stream_bits
+from .video_side_stream import SideStreamSessions
 
 __all__ = ["CDRERCNN"]
 
 # Keys of the per-image side information in input and output dicts.
 ORIGINAL_KEY = "original"
 SIDE_STREAM_KEY = "cdre_bits"
+# Roles of the model's side-stream sessions (module docstring).
+SENDER, INFERENCE_ENCODER, RECEIVER = "sender", "inference_encoder", "receiver"
 
 
 @META_ARCH_REGISTRY.register()
@@ -61,6 +76,8 @@ class CDRERCNN(GeneralizedRCNN):
         cdre_loss: CDRECosineLoss,
         side_stream_mode: str = "cabac",
         output_side_stream: bool = False,
+        side_stream_per_video: bool = True,
+        max_open_videos: int = 64,
         **kwargs,
     ):
         """
@@ -70,6 +87,9 @@ class CDRERCNN(GeneralizedRCNN):
             side_stream_mode: "cabac" or "raw" coding of the side stream.
             output_side_stream: add the side-stream bytes to each inference output as
                 "cdre_bits".
+            side_stream_per_video: one side stream per video for inputs with ``video_id`` and
+                ``frame_idx`` (module docstring); False: one stream per image.
+            max_open_videos: per-video side streams kept open per role.
             kwargs: GeneralizedRCNN's arguments; ``backbone`` must be distortion-aware.
         """
         super().__init__(**kwargs)
@@ -91,6 +111,8 @@ class CDRERCNN(GeneralizedRCNN):
         self.cdre_loss = cdre_loss
         self.side_stream_mode = side_stream_mode
         self.output_side_stream = bool(output_side_stream)
+        self.side_streams = {role: SideStreamSessions(side_stream_mode, side_stream_per_video, max_open_videos)
+                             for role in (SENDER, INFERENCE_ENCODER, RECEIVER)}
 
     @classmethod
     def from_config(cls, cfg):
@@ -101,8 +123,16 @@ class CDRERCNN(GeneralizedRCNN):
             cdre_loss=CDRECosineLoss(cfg),
             side_stream_mode=c.SIDE_STREAM_MODE,
             output_side_stream=c.OUTPUT_SIDE_STREAM,
+            side_stream_per_video=c.SIDE_STREAM_PER_VIDEO,
+            max_open_videos=c.SIDE_STREAM_MAX_OPEN_VIDEOS,
         )
         return ret
+
+    def train(self, mode: bool = True):
+        # A new phase (the weights may have changed): every side stream starts anew.
+        for sessions in self.side_streams.values():
+            sessions.reset()
+        return super().train(mode)
 
     @property
     def latent_stride(self) -> int:
@@ -125,16 +155,18 @@ class CDRERCNN(GeneralizedRCNN):
         out = self.cdre_encoder(original[None], image[None])
         return out.y_hat[0], out.feats_o, out.feats_c
 
-    def _decode_one(self, data, index: int, size: Tuple[int, int]) -> torch.Tensor:
+    def _decode_one(self, inp: Dict, index: int, size: Tuple[int, int]) -> torch.Tensor:
+        data = inp[SIDE_STREAM_KEY]
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValueError(f"input {index}: 'cdre_bits' must be bytes, got {type(data).__name__}")
-        try:
-            y_hat = decode_side_stream(bytes(data))
-        except ValueError as e:
-            raise ValueError(f"input {index}: corrupt or invalid CDRE side stream ('cdre_bits'): {e}") from e
         expected = (self.cdre_encoder.encoder.latent_channels,) + tuple(
             _ceil_div(n, self.latent_stride) for n in size
         )
+        try:
+            y_hat = self.side_streams[RECEIVER].decode(
+                bytes(data), expected, inp.get("video_id"), inp.get("frame_idx"))
+        except ValueError as e:
+            raise ValueError(f"input {index}: corrupt or invalid CDRE side stream ('cdre_bits'): {e}") from e
         if tuple(y_hat.shape) != expected:
             raise ValueError(
                 f"input {index}: side stream holds a map of shape {tuple(y_hat.shape)} but this model and an "
@@ -150,13 +182,13 @@ class CDRERCNN(GeneralizedRCNN):
         for i, inp in enumerate(batched_inputs):
             h, w = images.image_sizes[i]
             if SIDE_STREAM_KEY in inp and not self.training:
-                y_hat = self._decode_one(inp[SIDE_STREAM_KEY], i, (h, w))
+                y_hat = self._decode_one(inp, i, (h, w))
                 stream = bytes(inp[SIDE_STREAM_KEY])
             elif ORIGINAL_KEY in inp:
                 original = self._normalized_original(inp, i)
                 y_hat, f_o, f_c = self._encode_one(original, images.tensor[i, :, :h, :w])
                 feats.append((f_o, f_c))
-                stream = encode_side_stream(y_hat, self.side_stream_mode) if use_streams else None
+                stream = self._encode_stream(INFERENCE_ENCODER, y_hat, inp) if use_streams else None
             elif self.training:
                 raise ValueError(
                     f"input {i}: training CDRERCNN needs the original frame as 'original' "
@@ -172,9 +204,14 @@ class CDRERCNN(GeneralizedRCNN):
             maps.append(F.pad(y_hat, pad))
         return torch.stack(maps), feats, streams
 
+    def _encode_stream(self, role: str, y_hat: torch.Tensor, inp: Dict) -> bytes:
+        return self.side_streams[role].encode(y_hat, inp.get("video_id"), inp.get("frame_idx"))
+
     @torch.no_grad()
     def encode_side_streams(self, batched_inputs: List[Dict]) -> List[bytes]:
-        """Encoder side only: the side stream of each input (which needs "image" and "original")."""
+        """Encoder side only: the side stream of each input (which needs "image" and
+        "original"); a frame of a video gets its record in its video's stream (module
+        docstring)."""
         for i, inp in enumerate(batched_inputs):
             if ORIGINAL_KEY not in inp:
                 raise ValueError(f"input {i}: encoding the side stream needs 'original'")
@@ -183,7 +220,7 @@ class CDRERCNN(GeneralizedRCNN):
         for i, inp in enumerate(batched_inputs):
             h, w = images.image_sizes[i]
             y_hat, _, _ = self._encode_one(self._normalized_original(inp, i), images.tensor[i, :, :h, :w])
-            streams.append(encode_side_stream(y_hat, self.side_stream_mode))
+            streams.append(self._encode_stream(SENDER, y_hat, inp))
         return streams
 
     # ------------------------------------------------------------------ forward
