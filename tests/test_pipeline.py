@@ -2,6 +2,7 @@
 curves and report tables. The pipeline end to end is in tests/test_demo.py."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -219,3 +220,24 @@ def test_several_seeds_share_compression_and_report_mean_and_sd(tmp_path, monkey
     with pytest.raises(ValueError, match="distinct"):
         rate_task.run_rate_task(rate_task.RateTaskSpec(output=str(tmp_path), config_dir=CONFIG_DIR,
                                                        seeds=(1, 1)))
+
+
+def test_a_copied_output_folder_still_resumes(tmp_path):
+    """Run records keep local weights relative to the model's folder: a folder that was moved
+    or copied together with the model it started from is reused, not refused."""
+    first = tmp_path / "a"
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(first / "full_ft"),
+                          ["SOLVER.MAX_ITER", 5, "MODEL.WEIGHTS", str(first / "clean" / "model_final.pth")])
+    (first / "full_ft").mkdir(parents=True)
+    (first / "full_ft" / "model_final.pth").write_bytes(b"")
+    record = steps._portable(steps._run_record(cfg), cfg.OUTPUT_DIR)
+    assert record["weights"] == os.path.join("..", "clean", "model_final.pth")
+    (first / "full_ft" / RUN_RECORD_FILE).write_text(json.dumps(record))
+    shutil.copytree(first, tmp_path / "b")
+    copied = steps.model_cfg(CLEAN_CONFIG, str(tmp_path / "b" / "full_ft"), [
+        "SOLVER.MAX_ITER", 5, "MODEL.WEIGHTS", str(tmp_path / "b" / "clean" / "model_final.pth")])
+    assert steps.train(copied) == str(tmp_path / "b" / "full_ft" / "model_final.pth")
+    other = copied.clone()
+    other.MODEL.WEIGHTS = str(tmp_path / "elsewhere.pth")
+    with pytest.raises(ValueError, match="delete that folder"):
+        steps.train(other)

@@ -111,6 +111,15 @@ def _run_record(cfg) -> Dict:
             "train_sets": list(cfg.DATASETS.TRAIN), "seed": int(cfg.SEED)}
 
 
+def _portable(record: Dict, output_dir: str) -> Dict:
+    """``record`` with a local weights path relative to ``output_dir``, so that an output
+    folder that was moved or copied (with the models it trained from) still resumes."""
+    weights = record.get("weights", "")
+    if weights and os.path.isabs(weights) and "://" not in weights:
+        record = dict(record, weights=os.path.relpath(weights, os.path.abspath(output_dir)))
+    return record
+
+
 def train(cfg) -> str:
     """Train unless OUTPUT_DIR already holds model_final.pth; return its path.
 
@@ -120,9 +129,9 @@ def train(cfg) -> str:
     that set is emptied here to save the time."""
     final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
     record_path = os.path.join(cfg.OUTPUT_DIR, RUN_RECORD_FILE)
-    record = _run_record(cfg)
+    record = _portable(_run_record(cfg), cfg.OUTPUT_DIR)
     if os.path.exists(final):
-        done = load_json(record_path)
+        done = _portable(load_json(record_path), cfg.OUTPUT_DIR)
         if not done:
             logger.warning(f"{final} exists without {RUN_RECORD_FILE}: reused as is (it cannot "
                            "be checked against iterations, initial weights and training sets)")
