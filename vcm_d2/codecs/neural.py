@@ -8,8 +8,12 @@ when ``allow_random=True`` (for tests and smoke runs: such a codec is not meanin
 Per-frame stream layout (little endian)::
 
     u8 quality | u16 padded H | u16 padded W | u8 n | n x u32 string length | n strings
+
+``LearnedCodec`` (weights per quality, seeded random init, torch threads) is shared with the
+learned video codec of ``neural_video.py``.
 """
 import contextlib
+import os
 import struct
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
@@ -18,7 +22,9 @@ import numpy as np
 from . import annexb
 from .base import CODEC_REGISTRY, Codec, check_decode_args, pad_frame, padded_size
 
-__all__ = ["Cheng2020AnchorCodec", "Bmshj2018HyperpriorCodec", "load_state_dict_file"]
+__all__ = ["LearnedCodec", "Cheng2020AnchorCodec", "Bmshj2018HyperpriorCodec",
+           "load_state_dict_file", "checkpoint_path", "torch_threads", "image_to_tensor",
+           "tensor_to_image", "CHECKPOINT_NAME"]
 
 FRAME_HEADER = struct.Struct("<BHHB")
 STRING_LENGTH = struct.Struct("<I")
@@ -29,6 +35,16 @@ PAD_MULTIPLE = 64
 RANDOM_INIT_SEED = 0  # same random model in every process, so any instance can decode
 CHECKPOINT_KEYS = ("state_dict", "model")  # wrappers of a state_dict in common checkpoints
 DATA_PARALLEL_PREFIX = "module."
+# A quality's checkpoint inside a weights directory (what tools/train_learned_codec.py writes).
+CHECKPOINT_NAME = "q{quality}.pth"
+
+
+def checkpoint_path(weights: str, quality: int) -> str:
+    """The checkpoint of ``quality``: ``<weights>/q<quality>.pth`` if ``weights`` is a directory,
+    else ``weights`` with "{quality}" formatted."""
+    if os.path.isdir(weights):
+        return os.path.join(weights, CHECKPOINT_NAME.format(quality=quality))
+    return weights.format(quality=quality)
 
 
 def load_state_dict_file(path: str) -> Dict[str, Any]:
@@ -51,7 +67,7 @@ def load_state_dict_file(path: str) -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
     """Run torch with ``threads`` intra-op threads (0: leave as is), restoring it afterwards.
 
     torch's thread count is process-wide; the codec only changes it for the duration of
@@ -71,18 +87,39 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class _CompressAICodec(Codec):
-    """Shared CompressAI path; subclasses name the zoo model and its quality range."""
+def image_to_tensor(image: np.ndarray, height: int, width: int) -> Any:
+    """RGB uint8 HxWx3 -> float 1x3xHxW in [0, 1], edge-padded to (height, width)."""
+    import torch
+
+    return torch.from_numpy(pad_frame(image, height, width)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def tensor_to_image(x_hat: Any, height: int, width: int) -> np.ndarray:
+    """A model's 1x3xHxW output -> RGB uint8 (clamped, rounded), cropped to height x width."""
+    import torch
+
+    img = (x_hat[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0)
+    return np.ascontiguousarray(img.numpy()[:height, :width])
+
+
+class LearnedCodec(Codec):
+    """A codec built on a CompressAI zoo architecture, with user weights per quality index.
+
+    Holds configuration only: each process builds the models it needs on first use (the cache
+    is dropped when the codec is pickled). Subclasses name the zoo model and quality range.
+    """
 
     zoo_name: str = ""  # function name in compressai.zoo
     quality_range: Tuple[int, int] = (1, 1)
+    pad_multiple: int = 1  # frame sizes the architecture codes: multiples of this
 
     def __init__(self, weights: str = "", allow_random: bool = False, threads: int = 1):
         """
         Args:
-            weights: checkpoint path for the zoo architecture of the encode quality; may
-                contain "{quality}" (formatted with the quality index) for per-quality
-                checkpoints. Loaded with ``torch.load(weights_only=True)``.
+            weights: the checkpoints, one per quality index: a directory holding
+                ``q<quality>.pth`` (what tools/train_learned_codec.py writes), or a path that
+                may contain "{quality}" (formatted with the quality index). Loaded with
+                ``torch.load(weights_only=True)``.
             allow_random: with no weights, use a seeded random init instead of failing.
             threads: torch intra-op threads during encode/decode (0 = torch's setting).
         """
@@ -90,8 +127,9 @@ class _CompressAICodec(Codec):
             raise ValueError(f"threads must be >= 0, got {threads}")
         if not weights and not allow_random:
             raise ValueError(
-                f"{self.name}: no weights given; pass weights='path/to/ckpt_q{{quality}}.pth' "
-                "(pretrained CompressAI weights cannot be downloaded here) or allow_random=True"
+                f"{self.name}: no weights given; pass weights='DIR' (holding q<quality>.pth) or "
+                "weights='path/to/ckpt_q{quality}.pth' (pretrained CompressAI weights cannot be "
+                "downloaded here) or allow_random=True"
             )
         self.weights = weights
         self.allow_random = bool(allow_random)
@@ -114,7 +152,7 @@ class _CompressAICodec(Codec):
 
     def _model(self, quality: int) -> Any:
         if quality not in self._models:
-            with _torch_threads(self.threads):
+            with torch_threads(self.threads):
                 self._models[quality] = self._build_model(quality)
         return self._models[quality]
 
@@ -125,7 +163,7 @@ class _CompressAICodec(Codec):
         build = getattr(zoo, self.zoo_name)
         if self.weights:
             model = build(quality=quality, pretrained=False)
-            path = self.weights.format(quality=quality)
+            path = checkpoint_path(self.weights, quality)
             try:
                 model.load_state_dict(load_state_dict_file(path))
             except RuntimeError as exc:
@@ -141,6 +179,12 @@ class _CompressAICodec(Codec):
         model.update(force=True)  # build the CDF tables the range coder needs
         return model
 
+
+class _CompressAICodec(LearnedCodec):
+    """Shared CompressAI image path; subclasses name the zoo model and its quality range."""
+
+    pad_multiple = PAD_MULTIPLE
+
     def _encode_bitstream(
         self, frames: List[np.ndarray], quality: float
     ) -> Tuple[bytes, List[int]]:
@@ -153,10 +197,9 @@ class _CompressAICodec(Codec):
             raise ValueError(f"{self.name}: frames up to {MAX_DIM} pixels per side, got {h}x{w}")
         model = self._model(q)
         chunks = []
-        with torch.no_grad(), _torch_threads(self.threads):
+        with torch.no_grad(), torch_threads(self.threads):
             for img in frames:
-                x = torch.from_numpy(pad_frame(img, ph, pw)).permute(2, 0, 1)[None].float() / 255.0
-                out = model.compress(x)
+                out = model.compress(image_to_tensor(img, ph, pw))
                 if tuple(out["shape"]) != (ph // PAD_MULTIPLE, pw // PAD_MULTIPLE):
                     raise RuntimeError(
                         f"{self.name}: unexpected latent shape {tuple(out['shape'])}"
@@ -210,7 +253,7 @@ class _CompressAICodec(Codec):
         check_decode_args(frame_bits, height, width)
         height, width = int(height), int(width)
         out = []
-        with torch.no_grad(), _torch_threads(self.threads):
+        with torch.no_grad(), torch_threads(self.threads):
             for i, chunk in enumerate(annexb.frame_chunks(bitstream, frame_bits)):
                 q, strings = self._parse_frame(chunk, i, height, width)
                 ph, pw = padded_size(height, width, PAD_MULTIPLE)
@@ -219,14 +262,13 @@ class _CompressAICodec(Codec):
                     x_hat = self._model(q).decompress([[s] for s in strings], shape)["x_hat"]
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise ValueError(f"{self.name}: frame {i} cannot be decoded: {exc}") from exc
-                img = (x_hat[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0)
-                out.append(np.ascontiguousarray(img.numpy()[:height, :width]))
+                out.append(tensor_to_image(x_hat, height, width))
         return out
 
 
 _NEURAL_HELP = (
-    "CompressAI zoo quality index {lo}-{hi} (integer; picks the architecture and, with "
-    "'{{quality}}' in weights, the checkpoint), higher = more bits"
+    "CompressAI zoo quality index {lo}-{hi} (integer; picks the architecture and the checkpoint "
+    "of weights), higher = more bits"
 )
 
 

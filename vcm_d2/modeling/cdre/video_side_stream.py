@@ -45,6 +45,7 @@ from typing import Hashable, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ...utils.bytestream import ByteReader, encode_varint
 from .binary_coder import ContextModel, bit_frames, cabac_decode, cabac_encode
 from .side_stream import SIDE_STREAM_MODES, decode_side_stream, encode_side_stream
 
@@ -77,7 +78,6 @@ RECORD_CHECK_BYTES = _CHECK.size
 # It bounds the decoder's work on a forged header (a short-end cabac payload has no length bound).
 MAX_FRAME_BITS = 1 << 22
 _STORED_RAW = 0  # record length field of a cabac stream: the frame is stored raw
-_VARINT_MORE = 0x80
 _MAX_VARINT_BYTES = 4  # lengths are <= MAX_FRAME_BITS / 8 + 1 < 2^21
 
 
@@ -134,36 +134,8 @@ def _parse_header(data: bytes) -> VideoSideStreamHeader:
     return VideoSideStreamHeader(version, modes[mode], c, h, w, crc)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= _VARINT_MORE:
-        out.append((n & (_VARINT_MORE - 1)) | _VARINT_MORE)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-class _Reader:
-    """Sequential reads that raise a ValueError naming what was cut off."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = bytes(data), 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError(f"video side stream truncated: {what} needs {n} bytes, "
-                             f"{len(self.data) - self.pos} left")
-        self.pos += n
-        return self.data[self.pos - n:self.pos]
-
-    def varint(self, what: str) -> int:
-        value = 0
-        for i in range(_MAX_VARINT_BYTES):
-            byte = self.take(1, what)[0]
-            value |= (byte & (_VARINT_MORE - 1)) << (7 * i)
-            if not byte & _VARINT_MORE:
-                return value
-        raise ValueError(f"corrupt video side stream: {what} is not a valid length")
+def _reader(data: bytes) -> ByteReader:
+    return ByteReader(data, "video side stream", max_varint_bytes=_MAX_VARINT_BYTES)
 
 
 class _StreamState:
@@ -225,8 +197,8 @@ class VideoSideStreamEncoder:
         model = self.state.model.copy()
         coded = cabac_encode(bits[None], self.state.prev, model, short_end=True)
         if len(coded) < len(raw):
-            return _varint(len(coded) + 1) + coded, model
-        return _varint(_STORED_RAW) + raw, None
+            return encode_varint(len(coded) + 1) + coded, model
+        return encode_varint(_STORED_RAW) + raw, None
 
 
 class VideoSideStreamDecoder:
@@ -247,14 +219,14 @@ class VideoSideStreamDecoder:
 
     def decode(self, data: bytes) -> torch.Tensor:
         """The next frame's map from exactly its bytes (raises on anything left over)."""
-        reader = _Reader(data)
+        reader = _reader(data)
         bits = self.read(reader)
         if reader.pos != len(reader.data):
             raise ValueError(f"{len(reader.data) - reader.pos} byte(s) after the record of frame "
                              f"{self.state.frames - 1}: length mismatch")
         return torch.from_numpy(bits.astype(np.float32)).to(self.dtype)
 
-    def read(self, reader: _Reader) -> np.ndarray:
+    def read(self, reader: ByteReader) -> np.ndarray:
         """Read the header (first frame) and the next record from ``reader``: (C, h, w) uint8."""
         if self.state is None:
             self.state = _StreamState(_parse_header(reader.data[reader.pos:reader.pos + VIDEO_HEADER_BYTES]))
@@ -310,7 +282,7 @@ def encode_video_side_stream(maps, mode: str = "cabac") -> bytes:
 def read_video_side_stream(data: bytes, num_frames: Optional[int] = None,
                            dtype: torch.dtype = torch.float32) -> VideoSideStream:
     """Parse and decode a whole stream; ``num_frames``: the frame count it must hold."""
-    reader, decoder = _Reader(data), VideoSideStreamDecoder(dtype)
+    reader, decoder = _reader(data), VideoSideStreamDecoder(dtype)
     frames, ends = [], []
     while not frames or reader.pos < len(reader.data):
         frames.append(decoder.read(reader))

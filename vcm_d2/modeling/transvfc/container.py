@@ -25,6 +25,7 @@ import zlib
 from dataclasses import dataclass
 from typing import List, Mapping, Sequence, Tuple
 
+from ...utils.bytestream import ByteReader, encode_varint
 from ...utils.io import atomic_write_bytes
 from .codec import RECORD_STRINGS, check_record_strings
 
@@ -57,9 +58,6 @@ _PREFIX = struct.Struct(">4sB")  # magic, version
 _FIELDS = struct.Struct(">HHHHHHHIBB16sB")  # sizes, GOP, frames, quality, threads, hash, id len
 _CRC = struct.Struct(">I")
 _U8_MAX, _U16_MAX, _U32_MAX = 0xFF, 0xFFFF, 0xFFFFFFFF
-_VARINT_PAYLOAD_BITS = 7
-_VARINT_MORE = 0x80
-_MAX_VARINT_BYTES = 5  # lengths are < 2**32
 _FRAME_TYPES = {ord(t): t for t in RECORD_STRINGS}
 
 
@@ -137,20 +135,6 @@ def header_num_bytes(model_id: str) -> int:
     return _PREFIX.size + _FIELDS.size + len(model_id.encode("utf-8")) + _CRC.size
 
 
-def _varint(n: int) -> bytes:
-    if n < 0 or n > _U32_MAX:
-        raise ValueError(f"string length {n} cannot be stored")
-    out = bytearray()
-    while True:
-        byte = n & (_VARINT_MORE - 1)
-        n >>= _VARINT_PAYLOAD_BITS
-        if n:
-            out.append(byte | _VARINT_MORE)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def encode_frame(record: Mapping) -> bytes:
     """Serialize one codec record (``TransVFCCodec.compress_frame``) of a batch of one."""
     ftype, strings = check_record_strings(record)
@@ -160,7 +144,7 @@ def encode_frame(record: Mapping) -> bytes:
             raise ValueError(f"the container holds one video (batch size 1); a latent has "
                              f"{len(latent)} strings")
         data = bytes(latent[0])
-        out += _varint(len(data)) + data
+        out += encode_varint(len(data)) + data
     return bytes(out) + _CRC.pack(zlib.crc32(out))
 
 
@@ -176,30 +160,7 @@ def write_stream(header: StreamHeader, records: Sequence[Mapping]) -> bytes:
     return encode_header(header) + b"".join(encode_frame(r) for r in records)
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ContainerError(f"stream truncated: {what} needs {n} bytes at offset "
-                                 f"{self.pos}, only {len(self.data) - self.pos} left")
-        out = bytes(self.data[self.pos:self.pos + n])
-        self.pos += n
-        return out
-
-    def varint(self, what: str) -> int:
-        value = 0
-        for i in range(_MAX_VARINT_BYTES):
-            byte = self.take(1, what)[0]
-            value |= (byte & (_VARINT_MORE - 1)) << (_VARINT_PAYLOAD_BITS * i)
-            if not byte & _VARINT_MORE:
-                return value
-        raise ContainerError(f"corrupted stream: {what} is not a valid length")
-
-
-def _read_header(reader: _Reader) -> StreamHeader:
+def _read_header(reader: ByteReader) -> StreamHeader:
     magic, version = _PREFIX.unpack(reader.take(_PREFIX.size, "the header"))
     if magic != MAGIC:
         raise ContainerError(f"not a TransVFC stream (magic {magic!r}, expected {MAGIC!r})")
@@ -218,7 +179,7 @@ def _read_header(reader: _Reader) -> StreamHeader:
                         model_hash=model_hash, model_id=model_id.decode("utf-8", "replace"))
 
 
-def _read_frame(reader: _Reader, index: int, feature_size) -> dict:
+def _read_frame(reader: ByteReader, index: int, feature_size) -> dict:
     start = reader.pos
     what = f"frame {index}"
     code = reader.take(1, what)[0]
@@ -240,7 +201,7 @@ def read_stream(data: bytes) -> ParsedStream:
     """Parse and verify a whole stream (see the module docstring for what is refused)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected the stream's bytes, got {type(data).__name__}")
-    reader = _Reader(bytes(data))
+    reader = ByteReader(data, "stream", ContainerError)
     header = _read_header(reader)
     header_bytes = reader.pos
     records, sizes = [], []
