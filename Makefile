@@ -3,6 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= output/demo
+# pytest-xdist processes of `make test`: one per core, at most 4 (each holds torch and
+# detectron2 in memory); 0 runs the tests in pytest's own process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: install demo test clean-demo
 
@@ -13,7 +16,7 @@ demo: install
 	$(PY) tools/demo.py --output $(DEMO_OUT)
 
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

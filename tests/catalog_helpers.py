@@ -1,7 +1,7 @@
 """Tests that register datasets under names that may already hold data (the built-in real-data
 names, degraded datasets found at import) set those aside and restore them afterwards."""
 import contextlib
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -27,3 +27,47 @@ def catalog_aside(names: Iterable[str]):
             DatasetCatalog.register(name, func)
             meta.pop("name", None)
             MetadataCatalog.get(name).set(**meta)
+
+
+def first_videos(dicts, num_videos: int):
+    """The records of the first ``num_videos`` videos (frame records or one record per video)."""
+    keep = []
+    for record in dicts:
+        if record["video_id"] not in keep:
+            if len(keep) == num_videos:
+                break
+            keep.append(record["video_id"])
+    return [r for r in dicts if r["video_id"] in keep]
+
+
+@contextlib.contextmanager
+def shortened(num_videos: Mapping[str, int]):
+    """Inside the block everything that reads a dataset of ``num_videos`` through the catalog
+    (loaders, evaluators, the pairs made from it) sees only its first ``num_videos[name]``
+    videos.
+
+    detectron2's COCOEvaluator caches a dataset's COCO json once per process and records it as
+    the metadata's ``json_file``: the block starts without it and drops the shortened one."""
+    num_videos, get = dict(num_videos), DatasetCatalog.get
+    patched_before = "get" in vars(DatasetCatalog)
+    saved = {n: MetadataCatalog.get(n).get("json_file") for n in num_videos}
+
+    def drop_json_files():
+        for name in num_videos:
+            if hasattr(MetadataCatalog.get(name), "json_file"):
+                delattr(MetadataCatalog.get(name), "json_file")
+
+    drop_json_files()
+    DatasetCatalog.get = lambda name: (first_videos(get(name), num_videos[name])
+                                       if name in num_videos else get(name))
+    try:
+        yield
+    finally:
+        if patched_before:
+            DatasetCatalog.get = get
+        else:
+            del DatasetCatalog.get  # the class's method again
+        drop_json_files()
+        for name, json_file in saved.items():
+            if json_file is not None:
+                MetadataCatalog.get(name).json_file = json_file

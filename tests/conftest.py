@@ -9,8 +9,9 @@ import torch
 os.environ.setdefault(
     "VCM_D2_SYNTHETIC", os.path.join(tempfile.gettempdir(), "vcm_d2_test_synthetic")
 )
-# Tests run on CPU with few threads.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests run on CPU with few threads, the cores shared among pytest-xdist workers.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

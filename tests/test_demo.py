@@ -4,7 +4,7 @@ import os
 
 from PIL import Image
 
-from catalog_helpers import catalog_aside
+from catalog_helpers import catalog_aside, shortened
 from tool_helpers import load_tool
 
 
@@ -19,16 +19,19 @@ def test_demo_arguments_become_the_pipeline_spec():
 
 
 def test_miniature_demo_writes_report_with_linked_figures(tmp_path, one_torch_thread):
-    demo = load_tool("demo")
     """The main job end to end: one codec, two qualities (not used by other tests, whose pair
     datasets of the same name hold other manifests), every method including CDRE, a few
-    iterations; then a rerun resumes every step."""
+    iterations, on the first videos of each split (validation: up to video 4, which the figures
+    show); then a rerun resumes every step."""
+    demo = load_tool("demo")
     qualities = ("39", "44")
     names = [f"{s}@x264_q{q}" for s in ("vcm_synth_train", "vcm_synth_val") for q in qualities]
     argv = ["--output", str(tmp_path), "--codecs", "x264", "--qualities", *qualities,
             "--train-iters", "2", "--finetune-iters", "2", "--cdre-iters", "2", "--workers", "1",
-            "--opts", "SOLVER.IMS_PER_BATCH", "2"]
-    with catalog_aside(names):
+            "--opts", "SOLVER.IMS_PER_BATCH", "2",
+            # an untrained network's 100 detections per frame would make evaluation the slow part
+            "TEST.DETECTIONS_PER_IMAGE", "5"]
+    with catalog_aside(names), shortened({"vcm_synth_train": 2, "vcm_synth_val": 5}):
         demo.main(argv)
         report = (tmp_path / "report.md").read_text()
         for method in ("x264/direct", "x264/full_ft", "x264/ours", "x264/ours_fd"):

@@ -8,8 +8,8 @@
 # named `detectron2`. If `import detectron2` already works in the venv (e.g. a user who
 # built official detectron2 with CUDA), that installation is kept.
 #
-# A stamp file keyed on this script, requirements.txt and setup.py makes a second run
-# install nothing.
+# A stamp file keyed on this script, requirements.txt, setup.py and this checkout's path makes
+# a second run install nothing (a venv shared with another clone re-points vcm_d2 here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VCM_VENV:-.venv}
@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}
 D2_PKG=sal-detectron2==0.7.2
 D2_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
 
-stamp_key=$(cat "$0" requirements.txt setup.py | sha256sum | cut -c1-16)
+stamp_key=$( (cat "$0" requirements.txt setup.py; pwd) | sha256sum | cut -c1-16)
 stamp="$VENV/.vcm_d2_installed_$stamp_key"
 if [ -f "$stamp" ]; then
   exit 0
