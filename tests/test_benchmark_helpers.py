@@ -1,6 +1,7 @@
-"""TransVFC's pipeline steps (vcm_d2.pipeline.transvfc) and benchmarks/seed_spread.py (the
-benchmarks themselves are slow runs)."""
+"""TransVFC's pipeline steps (vcm_d2.pipeline.transvfc), benchmarks/seed_spread.py and
+benchmarks/clean_seed_spread.py on tiny inputs (the benchmarks themselves are slow runs)."""
 import importlib.util
+import json
 import os
 import sys
 
@@ -78,3 +79,35 @@ def test_seed_spread_on_hand_made_curves(tmp_path):
     row = next(line for line in lines if "| ours |" in line)
     assert "-35.0 ± 21.2" in row and "-50.0, -20.0" in row
     assert "- vis x264: BD-rate of full_ft and ours do not overlap (mean ± sd)" in lines
+
+
+def _load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clean_seed_spread_trains_each_length_and_seed_once(tmp_path, capsys):
+    from catalog_helpers import shortened
+    from vcm_d2.engine import get_vcm_cfg
+
+    spread = _load_benchmark("clean_seed_spread")
+    cfg = get_vcm_cfg()
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, "faster_rcnn_R18_slim.yaml"))
+    assert spread.scaled_steps(cfg, 600) == (450, 550)  # the config's own schedule
+    assert spread.scaled_steps(cfg, 1800) == (1350, 1650)
+    argv = ["--output", str(tmp_path), "--iters", "8", "--seeds", "0", "1",
+            "--datasets", "vcm_synth_val", "--threads", str(torch.get_num_threads()),
+            "SOLVER.IMS_PER_BATCH", "2", "TEST.DETECTIONS_PER_IMAGE", "5"]
+    with shortened({"vcm_synth_val": 1}):
+        assert spread.main(argv) == 0
+        result = json.loads((tmp_path / "spread.json").read_text())
+        assert list(result["values"]) == ["8"] and len(result["values"]["8"]["vcm_synth_val"]) == 2
+        for seed in (0, 1):
+            record = json.loads((tmp_path / "it8" / f"seed{seed}" / "vcm_run.json").read_text())
+            assert (record["max_iter"], record["seed"]) == (8, seed)
+        times = (tmp_path / "timings.json").read_text()
+        assert spread.main(argv) == 0  # resumed: nothing trained or evaluated again
+        assert (tmp_path / "timings.json").read_text() == times
+    assert "| 8 | " in capsys.readouterr().out
