@@ -111,3 +111,27 @@ def test_clean_seed_spread_trains_each_length_and_seed_once(tmp_path, capsys):
         assert spread.main(argv) == 0  # resumed: nothing trained or evaluated again
         assert (tmp_path / "timings.json").read_text() == times
     assert "| 8 | " in capsys.readouterr().out
+
+
+def test_cdre_table1_draws_every_curve_on_the_chosen_test_set(tmp_path):
+    """--test-set: the direct test, the trained rows, the report and its figures use the frames of
+    the set named (the test split for seed studies), not the validation split."""
+    from catalog_helpers import catalog_aside, shortened
+
+    table1 = _load_benchmark("cdre_table1")
+    qualities = ("40", "45")
+    names = [f"{s}@x264_q{q}" for s in ("vcm_synth_train", "vcm_synth_test") for q in qualities]
+    argv = ["--output", str(tmp_path), "--codecs", "x264", "--qualities", *qualities,
+            "--train-iters", "2", "--iters", "2", "--methods", "ours", "--transfer-codecs",
+            "--swin-methods", "--seeds", "0", "--test-set", "vcm_synth_test", "--workers", "1",
+            "--threads", str(torch.get_num_threads()),
+            "--opts", "SOLVER.IMS_PER_BATCH", "2", "TEST.DETECTIONS_PER_IMAGE", "5"]
+    with catalog_aside(names), shortened({"vcm_synth_train": 1, "vcm_synth_test": 5}):
+        assert table1.main(argv) == 0
+    direct = json.loads((tmp_path / "clean" / "eval.json").read_text())
+    assert set(direct) == {"vcm_synth_test", *names[2:]}
+    assert all(r["rate"]["frames"] == 60 for r in direct.values())  # 5 videos of 12 frames
+    report = (tmp_path / "table1" / "report.md").read_text()
+    assert "on the uncompressed vcm_synth_test" in report and "x264/ours" in report
+    figure = json.loads((tmp_path / "table1" / "predictions_x264.json").read_text())
+    assert "vcm_synth_test" in json.dumps(figure)
