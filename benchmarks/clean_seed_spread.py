@@ -54,9 +54,9 @@ def main(argv=None):
     run = Run(args.output, args.config_dir, args.opts, args.threads)
     task, metric = args.metric.split("/", 1)
     values = {}  # {iters: {dataset: [metric per seed]}}
+    base = run.cfg(args.config, "")  # the config's own schedule, scaled per length
     for iters in args.iters:
         for seed in args.seeds:
-            base = run.cfg(args.config, "")
             opts = ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", scaled_steps(base, iters),
                     "SEED", seed, *args.opts]
             cfg = run.cfg(args.config, os.path.join(run.out, f"it{iters}", f"seed{seed}"), opts)

@@ -1,17 +1,16 @@
-"""TransVFC's pipeline steps (vcm_d2.pipeline.transvfc), benchmarks/seed_spread.py and
-benchmarks/clean_seed_spread.py on tiny inputs (the benchmarks themselves are slow runs)."""
-import importlib.util
+"""TransVFC's pipeline steps (vcm_d2.pipeline.transvfc), benchmarks/seed_spread.py,
+benchmarks/clean_seed_spread.py and benchmarks/cdre_table1.py --test-set on tiny inputs (the
+benchmarks themselves are slow runs)."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
+from tool_helpers import REPO, load_tool
 from vcm_d2.pipeline import transvfc as bench
 from vcm_d2.pipeline.run import Run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs", "synthetic")
 
 
@@ -55,14 +54,7 @@ def test_stage_configs_chain_and_keep_the_stream_identity(tmp_path):
 def test_seed_spread_on_hand_made_curves(tmp_path):
     """A method that needs 0.5x / 0.8x the anchor's rate for the same metric in two runs has
     BD-rate -50 / -20 %: mean -35, sample sd 21.2; intervals of two methods are compared."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "seed_spread", os.path.join(REPO, "benchmarks", "seed_spread.py"))
-        spread = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(spread)
-    finally:
-        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    spread = load_tool("seed_spread", "benchmarks")
     from vcm_d2.evaluation.results import RateTaskCurve, save_curve
 
     rates, metrics = [0.1, 0.2, 0.4, 0.8], [10.0, 20.0, 28.0, 33.0]
@@ -81,18 +73,11 @@ def test_seed_spread_on_hand_made_curves(tmp_path):
     assert "- vis x264: BD-rate of full_ft and ours do not overlap (mean ± sd)" in lines
 
 
-def _load_benchmark(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_clean_seed_spread_trains_each_length_and_seed_once(tmp_path, capsys):
     from catalog_helpers import shortened
     from vcm_d2.engine import get_vcm_cfg
 
-    spread = _load_benchmark("clean_seed_spread")
+    spread = load_tool("clean_seed_spread", "benchmarks")
     cfg = get_vcm_cfg()
     cfg.merge_from_file(os.path.join(CONFIG_DIR, "faster_rcnn_R18_slim.yaml"))
     assert spread.scaled_steps(cfg, 600) == (450, 550)  # the config's own schedule
@@ -118,7 +103,7 @@ def test_cdre_table1_draws_every_curve_on_the_chosen_test_set(tmp_path):
     the set named (the test split for seed studies), not the validation split."""
     from catalog_helpers import catalog_aside, shortened
 
-    table1 = _load_benchmark("cdre_table1")
+    table1 = load_tool("cdre_table1", "benchmarks")
     qualities = ("40", "45")
     names = [f"{s}@x264_q{q}" for s in ("vcm_synth_train", "vcm_synth_test") for q in qualities]
     argv = ["--output", str(tmp_path), "--codecs", "x264", "--qualities", *qualities,
