@@ -34,7 +34,8 @@ compressed frames and clean detector, copy its compressed/ and clean/ folders in
 
 With several --seeds (default 3) every model is trained once per seed in OUTPUT/seed<k>/ on the
 same compressed sets, and OUTPUT/<report>/report.md gives each BD value as mean ± sd with the
-per-seed values (also in seed_spread.json) and says where two methods' intervals overlap.
+per-seed values (also in seed_spread.json) and says where two methods' intervals overlap. The
+same command started in a second process takes the seeds the first is not working on.
 
     python benchmarks/cdre_table1.py --output output/cdre_table1 --iters 400
 """
@@ -54,7 +55,7 @@ from vcm_d2.pipeline.rate_task import (DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
                                        DEFAULT_VVC_QUALITIES, SEED_DIR, SPREAD_FILE, task_metric)
 from vcm_d2.pipeline.report import (curve_from, figure_rows, points_table, strongest_point_lines,
                                     write_figures)
-from vcm_d2.pipeline.run import COMPRESSED_DIR
+from vcm_d2.pipeline.run import COMPRESSED_DIR, run_each_locked
 from vcm_d2.pipeline.seeds import seed_spread
 from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -121,8 +122,9 @@ def main(argv=None):
         return 0
     # Every seed in OUTPUT/seed<k>/ on the same compressed sets; per report, mean ± sd.
     out = os.path.abspath(args.output)
-    per_seed = [run_seed(args, seed, os.path.join(out, SEED_DIR.format(seed)),
-                         os.path.join(out, COMPRESSED_DIR)) for seed in args.seeds]
+    seed_dir = lambda seed: os.path.join(out, SEED_DIR.format(seed))  # noqa: E731
+    per_seed = run_each_locked(args.seeds, seed_dir, lambda seed: run_seed(
+        args, seed, seed_dir(seed), os.path.join(out, COMPRESSED_DIR)))
     for folder in per_seed[0]:
         spread = seed_spread(args.seeds, [r[folder] for r in per_seed], ANCHOR_METHOD)
         atomic_write_json(os.path.join(out, folder, SPREAD_FILE), spread.to_dict())
@@ -165,7 +167,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str):
 
     logger.info("[2/5] clean detector (%d iterations)", args.train_iters)
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(out, "clean"),
-                                              ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+                                              run.extra, iters=args.train_iters)
     clean = run.train(clean_cfg, "train_clean")
 
     logger.info("[3/5] direct test on %s", test_codecs)
@@ -205,7 +207,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str):
     if args.swin_methods:
         logger.info("Transformer row: %s in a tiny Swin Mask R-CNN", args.swin_methods)
         swin_cfg = SYNTHETIC_SWIN.clean_cfg(CONFIG_DIR, os.path.join(out, "swin_clean"),
-                                            ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+                                            run.extra, iters=args.train_iters)
         swin_clean = run.train(swin_cfg, "train_swin_clean")
         res = run.evaluate(swin_cfg, swin_clean,
                            [test_set] + [n for c in args.codecs for n in test_pairs(c)],

@@ -18,7 +18,7 @@ import logging
 import os
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
-from vcm_d2.pipeline import Run
+from vcm_d2.pipeline import Run, scale_schedule
 from vcm_d2.pipeline.seeds import mean_sd
 from vcm_d2.utils.io import atomic_write_json
 
@@ -44,22 +44,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def scaled_steps(cfg, iters: int):
-    """The config's LR steps at the same fractions of ``iters`` as of its own MAX_ITER."""
-    return tuple(max(1, round(s * iters / cfg.SOLVER.MAX_ITER)) for s in cfg.SOLVER.STEPS)
-
-
 def main(argv=None):
     args = parse_args(argv)
     run = Run(args.output, args.config_dir, args.opts, args.threads)
     task, metric = args.metric.split("/", 1)
     values = {}  # {iters: {dataset: [metric per seed]}}
-    base = run.cfg(args.config, "")  # the config's own schedule, scaled per length
     for iters in args.iters:
         for seed in args.seeds:
-            opts = ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", scaled_steps(base, iters),
-                    "SEED", seed, *args.opts]
-            cfg = run.cfg(args.config, os.path.join(run.out, f"it{iters}", f"seed{seed}"), opts)
+            cfg = run.cfg(args.config, os.path.join(run.out, f"it{iters}", f"seed{seed}"),
+                          ["SEED", seed, *args.opts])
+            scale_schedule(cfg, iters, checkpoint_at_end=False)  # as the rate-task clean models
             weights = run.train(cfg, f"train_it{iters}_seed{seed}")
             results = run.evaluate(cfg, weights, args.datasets, f"eval_it{iters}_seed{seed}")
             for dataset in args.datasets:

@@ -115,7 +115,7 @@ def main(argv=None):
 
     logger.info("[2/5] clean detector and task networks")
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"),
-                                              ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+                                              run.extra, iters=args.train_iters)
     detector = run.train(clean_cfg, "train_detector")
     task_weights = train_task_networks(run, args.tasks, detector,
                                        {"semseg": args.semseg_iters, "vis": args.vis_iters})

@@ -137,7 +137,7 @@ def main(argv=None):
 
     logger.info("[2/7] clean detector and VIS network")
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(out, "clean"),
-                                              ["SOLVER.MAX_ITER", args.train_iters] + run.extra)
+                                              run.extra, iters=args.train_iters)
     detector = run.train(clean_cfg, "train_detector")
     vis_weights = train_task_networks(run, [TASK], detector, {TASK: args.vis_iters})[TASK]
     vis_config, vis_folder = TASK_NETWORK_CONFIG[TASK]

@@ -75,13 +75,8 @@ def test_seed_spread_on_hand_made_curves(tmp_path):
 
 def test_clean_seed_spread_trains_each_length_and_seed_once(tmp_path, capsys):
     from catalog_helpers import shortened
-    from vcm_d2.engine import get_vcm_cfg
 
     spread = load_tool("clean_seed_spread", "benchmarks")
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, "faster_rcnn_R18_slim.yaml"))
-    assert spread.scaled_steps(cfg, 600) == (450, 550)  # the config's own schedule
-    assert spread.scaled_steps(cfg, 1800) == (1350, 1650)
     argv = ["--output", str(tmp_path), "--iters", "8", "--seeds", "0", "1",
             "--datasets", "vcm_synth_val", "--threads", str(torch.get_num_threads()),
             "SOLVER.IMS_PER_BATCH", "2", "TEST.DETECTIONS_PER_IMAGE", "5"]

@@ -222,6 +222,58 @@ def test_several_seeds_share_compression_and_report_mean_and_sd(tmp_path, monkey
                                                        seeds=(1, 1)))
 
 
+def test_clean_cfg_scales_the_lr_steps_with_the_iterations(tmp_path):
+    own = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path))
+    same = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path), iters=own.SOLVER.MAX_ITER)
+    assert tuple(same.SOLVER.STEPS) == tuple(own.SOLVER.STEPS)  # the demo's schedule unchanged
+    longer = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path), ["SEED", 3],
+                                           iters=2 * own.SOLVER.MAX_ITER)
+    assert longer.SOLVER.MAX_ITER == 2 * own.SOLVER.MAX_ITER and longer.SEED == 3
+    assert tuple(longer.SOLVER.STEPS) == tuple(2 * s for s in own.SOLVER.STEPS)
+    assert longer.SOLVER.CHECKPOINT_PERIOD == own.SOLVER.CHECKPOINT_PERIOD  # still resumable
+
+
+def test_mean_sd_of_seeds():
+    import math
+
+    from vcm_d2.pipeline.seeds import mean_sd
+
+    assert mean_sd([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2.0)))
+    assert mean_sd([5.0]) == (5.0, 0.0)
+    assert all(math.isnan(v) for v in mean_sd([1.0, math.nan]))  # a run without detections
+
+
+def test_folder_lock_is_exclusive_and_released(tmp_path):
+    folder = str(tmp_path / "seed0")
+    with steps.folder_lock(folder) as held:
+        assert held
+        with steps.folder_lock(folder, blocking=False) as again:  # a second open file: refused
+            assert not again
+    with steps.folder_lock(folder, blocking=False) as held:
+        assert held
+
+
+def test_run_each_locked_leaves_a_busy_folder_for_last(tmp_path):
+    """A folder another process holds is taken after the free ones, once that process lets go;
+    results come back in the items' order."""
+    import subprocess
+    import sys
+
+    folder = lambda k: str(tmp_path / f"seed{k}")  # noqa: E731
+    os.makedirs(folder(0))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.0)",
+         os.path.join(folder(0), steps.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        order = []
+        results = steps.run_each_locked([0, 1, 2], folder, lambda k: order.append(k) or k * 10)
+    finally:
+        holder.wait(timeout=30)
+    assert order == [1, 2, 0] and results == [0, 10, 20]
+
+
 def test_a_copied_output_folder_still_resumes(tmp_path):
     """Run records keep local weights relative to the model's folder: a folder that was moved
     or copied together with the model it started from is reused, not refused."""

@@ -21,13 +21,15 @@ ANCHOR_METHOD = "direct"
 LR_DROP_FRACTION = 0.75
 
 
-def scale_schedule(cfg, iters: int) -> None:
-    """Run ``cfg`` for ``iters`` iterations with its SOLVER.STEPS at the same fractions."""
+def scale_schedule(cfg, iters: int, checkpoint_at_end: bool = True) -> None:
+    """Run ``cfg`` for ``iters`` iterations with its SOLVER.STEPS at the same fractions
+    (``checkpoint_at_end``: one checkpoint, at the end; else the config's period is kept)."""
     steps = {int(s * iters / cfg.SOLVER.MAX_ITER) for s in cfg.SOLVER.STEPS}
     cfg.SOLVER.STEPS = tuple(sorted(s for s in steps if 0 < s < iters))
     cfg.SOLVER.MAX_ITER = iters
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, iters // 2)
-    cfg.SOLVER.CHECKPOINT_PERIOD = iters
+    if checkpoint_at_end:
+        cfg.SOLVER.CHECKPOINT_PERIOD = iters
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,14 @@ class MethodTable:
         """This table with another clean config and/or some methods' configs replaced or added."""
         return MethodTable(clean or self.clean, {**self.methods, **dict(methods)})
 
-    def clean_cfg(self, config_dir: str, output_dir: str, extra: Sequence = ()):
-        return model_cfg(os.path.join(config_dir, self.clean), output_dir, extra)
+    def clean_cfg(self, config_dir: str, output_dir: str, extra: Sequence = (), iters: int = 0):
+        """Config of the clean model; ``iters`` > 0: trained that long with the config's LR
+        steps at the same fractions of it (a longer run keeps its schedule's shape; issue 9's
+        clean seed spread was measured so)."""
+        cfg = model_cfg(os.path.join(config_dir, self.clean), output_dir, extra)
+        if iters > 0:
+            scale_schedule(cfg, int(iters), checkpoint_at_end=False)
+        return cfg
 
     def method_cfg(self, method: str, config_dir: str, output_dir: str, *, iters: int,
                    weights: str, train_sets: Sequence[str], extra: Sequence = ()):

@@ -27,7 +27,7 @@ from ..utils.io import atomic_write_bytes, atomic_write_json
 from .methods import ANCHOR_METHOD, SYNTHETIC_DETECTION, MethodTable
 from .report import (FIGURE_PICKS, curve_from, figure_rows, points_table, strongest_point_lines,
                      write_figures)
-from .run import COMPRESSED_DIR, Run
+from .run import COMPRESSED_DIR, Run, run_each_locked
 from .seeds import seed_spread
 
 __all__ = ["RateTaskSpec", "TASK_OF_EVALUATOR", "run_rate_task", "task_metric"]
@@ -105,14 +105,14 @@ def run_rate_task(spec: RateTaskSpec) -> str:
     if len(spec.seeds) == 1:
         return _run_seed(spec, spec.seeds[0], spec.output, "")[0]
     compressed = os.path.join(spec.output, COMPRESSED_DIR)
-    reports, curves = [], []
-    for seed in spec.seeds:
+    seed_dir = lambda seed: os.path.join(spec.output, SEED_DIR.format(seed))  # noqa: E731
+
+    def one_seed(seed):
         logger.info("seed %d of %s", seed, list(spec.seeds))
-        report, seed_curves = _run_seed(spec, seed, os.path.join(spec.output, SEED_DIR.format(seed)),
-                                        compressed)
-        reports.append(report)
-        curves.append(seed_curves)
-    return _spread_report(spec, reports, curves)
+        return _run_seed(spec, seed, seed_dir(seed), compressed)
+
+    reports, curves = zip(*run_each_locked(list(spec.seeds), seed_dir, one_seed))
+    return _spread_report(spec, list(reports), list(curves))
 
 
 def _run_seed(spec: RateTaskSpec, seed: int, output: str, compressed_root: str
@@ -133,7 +133,7 @@ def _run_seed(spec: RateTaskSpec, seed: int, output: str, compressed_root: str
     test = {c: pairs[spec.test_set, c] for c in spec.codecs}
 
     clean_cfg = spec.table.clean_cfg(spec.config_dir, os.path.join(run.out, "clean"),
-                                     ["SOLVER.MAX_ITER", spec.train_iters] + run.extra)
+                                     run.extra, iters=spec.train_iters)
     if spec.clean_weights:
         logger.info("[2/%d] clean model: %s", steps, spec.clean_weights)
         clean_weights = spec.clean_weights

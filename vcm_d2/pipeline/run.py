@@ -1,6 +1,10 @@
 """The resumable steps of a rate-task run: compress, train, evaluate, each skipped when its
 output exists, and the time each step took.
 
+A run owns one output folder. Processes started with the same command on one output folder share
+its work: compression waits for a process already compressing, and ``run_each_locked`` gives each
+seed folder to one process at a time (``folder_lock``).
+
 A run owns one output folder. Models are trained into ``<folder>/model_final.pth`` with a record
 of what they were trained with (a resumed run refuses a model trained otherwise); evaluation
 results are cached per dataset in a JSON file; step times are kept across resumed runs.
@@ -10,7 +14,12 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, one process per output folder
+    fcntl = None
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -23,9 +32,10 @@ from ..engine.compress import compress_dataset, output_dir_for
 from ..utils.io import atomic_write_json
 
 __all__ = [
-    "EVAL_CACHE_FILE", "RUN_RECORD_FILE", "Run", "StepTimes", "TIMINGS_FILE", "compress_pairs",
-    "evaluate", "is_compressed", "is_evaluated", "is_trained", "load_json", "model_cfg",
-    "register_joined_pairs", "start_run", "timing_line", "train",
+    "EVAL_CACHE_FILE", "LOCK_FILE", "RUN_RECORD_FILE", "Run", "StepTimes", "TIMINGS_FILE",
+    "compress_pairs", "evaluate", "folder_lock", "is_compressed", "is_evaluated", "is_trained",
+    "load_json", "model_cfg", "register_joined_pairs", "run_each_locked", "start_run",
+    "timing_line", "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +47,8 @@ FINAL_WEIGHTS = "model_final.pth"
 # Evaluation results of a model, per dataset, next to its weights.
 EVAL_CACHE_FILE = "eval.json"
 COMPRESSED_DIR = "compressed"
+# Held (flock) by the process working in a folder; the kernel drops it when the process ends.
+LOCK_FILE = ".vcm_lock"
 
 
 def load_json(path: str) -> Dict:
@@ -86,6 +98,41 @@ class StepTimes:
         total = sum(self.times.values())
         return (timing_line({**self.times, "total": total})
                 + " (each step timed in the run that did it; total = their sum)")
+
+
+# ----------------------------------------------------------------------------- locks
+@contextlib.contextmanager
+def folder_lock(folder: str, blocking: bool = True) -> Iterator[bool]:
+    """Hold ``folder``'s lock against other processes (``flock`` of LOCK_FILE in it); yields
+    whether it is held, always True when ``blocking`` (then it waits for the other process)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, LOCK_FILE), "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+        yield True  # closing the file releases the lock
+
+
+def run_each_locked(items: Sequence, folder_of: Callable[[Any], str], fn: Callable) -> List:
+    """``[fn(item) for item in items]``, each call holding ``folder_of(item)``'s lock. An item
+    whose folder another process holds is done after the free ones (waiting for that process,
+    then resuming its finished steps), so processes started with the same command split the
+    items instead of training the same models at once."""
+    results, busy = {}, []
+    for i, item in enumerate(items):
+        with folder_lock(folder_of(item), blocking=False) as held:
+            if held:
+                results[i] = fn(item)
+            else:
+                logger.info("%s is held by another process: later", folder_of(item))
+                busy.append(i)
+    for i in busy:
+        with folder_lock(folder_of(items[i])):
+            results[i] = fn(items[i])
+    return [results[i] for i in range(len(items))]
 
 
 # ----------------------------------------------------------------------------- done checks
@@ -251,10 +298,11 @@ class Run:
         """Pair datasets of every split, codec and its qualities under ``compressed_root``;
         {(split, codec): [names in quality order]}."""
         root = self.compressed_root
-        done = all(is_compressed(splits, [c], qualities_of(c), root) for c in codecs)
         names = {}
-        with self.times.step(step, done):
-            for codec in codecs:
-                names.update(compress_pairs(splits, [codec], qualities_of(codec), root,
-                                            codec_options, workers))
+        with folder_lock(root):  # another process compressing the same sets: wait, then reuse
+            done = all(is_compressed(splits, [c], qualities_of(c), root) for c in codecs)
+            with self.times.step(step, done):
+                for codec in codecs:
+                    names.update(compress_pairs(splits, [codec], qualities_of(codec), root,
+                                                codec_options, workers))
         return names

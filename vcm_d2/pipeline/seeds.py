@@ -1,6 +1,7 @@
 """BD values over runs with different seeds: per (task, codec, method) the value of each run,
 mean ± sample standard deviation, and whether two methods' mean ± sd intervals overlap (a
 difference inside them is not established by these runs)."""
+import math
 import statistics
 from collections import defaultdict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -35,6 +36,10 @@ def bd_values(curves: Sequence[RateTaskCurve], anchor_method: str, method: str =
 
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); both nan when a value is nan (an
+    evaluation without detections), which ``statistics`` would reject."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
