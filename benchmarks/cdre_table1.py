@@ -15,6 +15,11 @@ default; vcm_synth_test has 4x the frames and a third of the seed-to-seed AP spr
     ours_fd  CDRE modules trained, detector frozen
     ours     CDRE modules and detector trained jointly
 
+Ablations (--ablations, OUTPUT/ablation/report.md): Ours with one switch changed (ABLATIONS:
+Table II's modulation, cosine loss and multi-scale extraction, Table III's embedded stages, the
+cosine weight, and "constant", a side stream without information that keeps Ours' added
+capacity), next to full_ft and ours.
+
 bpp includes the CDRE side stream (``side_bits`` of the model outputs). Writes
 OUTPUT/table1/report.md (+ PNG curves). The decoder-side cost of CDRE and of the restoration
 network is benchmarks/cdre_complexity.py's.
@@ -66,6 +71,20 @@ TRAIN_SET, VAL_SET = "vcm_synth_train", "vcm_synth_val"
 # seed studies should pass --test-set vcm_synth_test.
 TABLE_METHODS = ("head_ft", "full_ft", "restore", "ours_fd", "ours")  # the paper's row order
 TRANSFER_METHODS = ("full_ft", "ours")
+# --ablations: Ours with one thing changed (Tables II and III, the cosine loss's lambda, and a
+# side stream without information), trained like the Table I rows: name -> overrides.
+CDRE = "MODEL.VCM.CDRE."
+ABLATIONS = {
+    "no_modulation": [CDRE + "USE_MODULATION", False],  # Table II: concatenation instead
+    "no_cosine": [CDRE + "USE_COSINE", False],  # Table II: task loss only
+    "single_scale": [CDRE + "MULTI_SCALE", False],  # Table II: last extractor scale only
+    "embed_res2": [CDRE + "EMBED_STAGES", ["res2"], CDRE + "STAGE_CHANNELS", [16]],  # Table III
+    "embed_res2_res3": [CDRE + "EMBED_STAGES", ["res2", "res3"],
+                        CDRE + "STAGE_CHANNELS", [16, 16]],  # Table III
+    "cosine_x10": [CDRE + "COSINE_WEIGHT", 1.0],  # lambda of eq. 8, 10x the configs' 0.1
+    "constant": [CDRE + "CONSTANT_REPRESENTATION", True],  # capacity without information
+}
+ABLATION_BASE = "ours"
 # Iterations of every trained method (2x the demo's; one schedule for all methods).
 DEFAULT_ITERS = 400
 # Three seeds: the claims of Table I need the spread of the runs (issue 9).
@@ -88,6 +107,9 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="iterations of every trained method")
     p.add_argument("--methods", nargs="+", default=list(TABLE_METHODS), choices=methods,
                    help="Table I methods to train")
+    p.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
+                   help="Ours with one switch changed, rows of OUTPUT/ablation/report.md next to "
+                        "full_ft and ours")
     p.add_argument("--transfer-train-codec", default="x264", help="Fig. 6: training codec")
     p.add_argument("--transfer-codecs", nargs="*", default=["x265", "vvc"],
                    help="Fig. 6: test codecs (none: skip Fig. 6)")
@@ -179,11 +201,11 @@ def run_seed(args, seed: int, output: str, compressed_root: str):
     trained = {}  # label -> (cfg, weights), for the figures
 
     def train_and_test(method, train_codecs, test, label, table=SYNTHETIC_DETECTION,
-                       start=clean, folder=None):
+                       start=clean, folder=None, overrides=()):
         train_sets = [n for c in train_codecs for n in pairs[TRAIN_SET, c]]
         cfg = table.method_cfg(
             method, CONFIG_DIR, run_dir(out, folder or method, train_codecs, args.iters), iters=args.iters,
-            weights=start, train_sets=train_sets, extra=run.extra)
+            weights=start, train_sets=train_sets, extra=list(overrides) + run.extra)
         weights = run.train(cfg, f"train_{label}")
         trained[label] = (cfg, weights)
         res = run.evaluate(cfg, weights, [n for c in test for n in test_pairs(c)], f"eval_{label}")
@@ -194,6 +216,14 @@ def run_seed(args, seed: int, output: str, compressed_root: str):
     for method in args.methods:
         logger.info("Table I: %s", method)
         table += train_and_test(method, args.codecs, args.codecs, method)
+    ablation = []
+    if args.ablations:
+        logger.info("Ablations of %s: %s", ABLATION_BASE, args.ablations)
+        ablation = [c for c in table if c.method in (ANCHOR_METHOD, "full_ft", ABLATION_BASE)]
+        for name in args.ablations:
+            label = f"{ABLATION_BASE}-{name}"
+            ablation += train_and_test(ABLATION_BASE, args.codecs, args.codecs, label,
+                                       folder=label, overrides=ABLATIONS[name])
     fig6 = []
     if args.transfer_codecs:
         logger.info("[5/5] Fig. 6: %s trained on %s, tested on %s", args.transfer_methods,
@@ -227,6 +257,9 @@ def run_seed(args, seed: int, output: str, compressed_root: str):
     reports = [("table1", "CDRE Table I (synthetic benchmark)", table,
                 f"Training data: pooled {' + '.join(args.codecs)} at q {', '.join(f'{q:g}' for q in args.qualities)}.",
                 args.codecs, clean_ap),
+               ("ablation", "CDRE ablations (Tables II, III; synthetic benchmark)", ablation,
+                f"Ours with one switch changed ({'; '.join(f'{n}: ' + ' '.join(map(str, ABLATIONS[n])) for n in args.ablations)}), "
+                "trained like the Table I rows.", args.codecs, clean_ap),
                ("fig6", "CDRE Fig. 6: codec transfer (synthetic benchmark)", fig6,
                 f"Trained on {args.transfer_train_codec} only; tested on {', '.join(args.transfer_codecs)}.",
                 args.transfer_codecs, clean_ap),

@@ -102,7 +102,8 @@ def test_cdre_table1_draws_every_curve_on_the_chosen_test_set(tmp_path):
     qualities = ("40", "45")
     names = [f"{s}@x264_q{q}" for s in ("vcm_synth_train", "vcm_synth_test") for q in qualities]
     argv = ["--output", str(tmp_path), "--codecs", "x264", "--qualities", *qualities,
-            "--train-iters", "2", "--iters", "2", "--methods", "ours", "--transfer-codecs",
+            "--train-iters", "2", "--iters", "2", "--methods", "ours", "--ablations", "constant",
+            "--transfer-codecs",
             "--swin-methods", "--seeds", "0", "--test-set", "vcm_synth_test", "--workers", "1",
             "--threads", str(torch.get_num_threads()),
             "--opts", "SOLVER.IMS_PER_BATCH", "2", "TEST.DETECTIONS_PER_IMAGE", "5"]
@@ -115,3 +116,10 @@ def test_cdre_table1_draws_every_curve_on_the_chosen_test_set(tmp_path):
     assert "on the uncompressed vcm_synth_test" in report and "x264/ours" in report
     figure = json.loads((tmp_path / "table1" / "predictions_x264.json").read_text())
     assert "vcm_synth_test" in json.dumps(figure)
+    # the ablation row: Ours' schedule with its switch, next to ours, in its own report
+    ablation = (tmp_path / "ablation" / "report.md").read_text()
+    assert "x264/ours-constant" in ablation and "x264/ours" in ablation
+    models = tmp_path / "models"
+    side = {m: json.loads((models / f"{m}_x264_2it" / "eval.json").read_text())[names[2]]["rate"]["side_bpp"]
+            for m in ("ours", "ours-constant")}
+    assert 0 < side["ours-constant"] < side["ours"]  # all-zero maps: only the stream's framing

@@ -257,6 +257,18 @@ def test_ablation_modulation_vs_concatenation():
     assert _params(with_mod) - _params(concat) == 3 * (2 * (32 * 4 + 4) - (36 * 4 + 4))
 
 
+def test_ablation_constant_representation_sends_no_information():
+    """Same modules and cosine loss, but y_hat is all zeros whatever the frames."""
+    side = CDREEncoderSide(_cfg(CONSTANT_REPRESENTATION=True))
+    assert _params(side) == _params(CDREEncoderSide(_cfg()))
+    out = side(*_images(64, 96))
+    assert out.y.abs().sum() > 0 and out.y_hat.shape == out.y.shape
+    assert torch.count_nonzero(out.y_hat) == 0
+    loss = CDRECosineLoss(_cfg())(out.feats_o, out.feats_c)["loss_cdre_cosine"]
+    loss.backward()  # the extractor still trains through eq. 8
+    assert side.extractor.blocks[0][0].weight.grad.abs().sum() > 0
+
+
 def test_ablation_single_scale():
     cfg = _cfg(MULTI_SCALE=False)
     side = CDREEncoderSide(cfg)

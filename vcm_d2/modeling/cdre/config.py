@@ -35,6 +35,9 @@ def add_cdre_config(cfg):
     _C.CDRE.ENCODER_BLOCKS = 4
     # Channels of the compact representation y (Table IV: 6 is best); bits per 32x32 block.
     _C.CDRE.LATENT_CHANNELS = 6
+    # Ablation: send all-zero maps (no information) instead of binarize(y); the decoder side, its
+    # parameters and the cosine loss stay, separating the information's gain from the capacity's.
+    _C.CDRE.CONSTANT_REPRESENTATION = False
     # Linear modulation F' = alpha*F + beta of encoder blocks (eq. 4); False: concatenation (Table II).
     _C.CDRE.USE_MODULATION = True
     # Kernel of the convs giving alpha, beta from concat(F^o, F^c) (or of the concat fusion); 1 matches

@@ -338,7 +338,11 @@ class CDREEncoderSide(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, extractor: CompressionSensitiveExtractor, encoder: DistortionEncoder):
+    def __init__(self, *, extractor: CompressionSensitiveExtractor, encoder: DistortionEncoder,
+                 constant_representation: bool = False):
+        """``constant_representation``: an ablation; y_hat is all zeros (a side stream without
+        information), the modules and the cosine loss stay, so a model trained so has Ours'
+        added capacity but not its distortion information."""
         super().__init__()
         if tuple(extractor.used_scales) != tuple(encoder.modulated_blocks):
             raise ValueError(
@@ -347,10 +351,12 @@ class CDREEncoderSide(nn.Module):
             )
         self.extractor = extractor
         self.encoder = encoder
+        self.constant_representation = bool(constant_representation)
 
     @classmethod
     def from_config(cls, cfg):
-        return {"extractor": CompressionSensitiveExtractor(cfg), "encoder": DistortionEncoder(cfg)}
+        return {"extractor": CompressionSensitiveExtractor(cfg), "encoder": DistortionEncoder(cfg),
+                "constant_representation": cfg.MODEL.VCM.CDRE.CONSTANT_REPRESENTATION}
 
     @property
     def latent_stride(self) -> int:
@@ -359,4 +365,5 @@ class CDREEncoderSide(nn.Module):
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> EncoderSideOutput:
         feats_o, feats_c = self.extractor(x, x_hat)
         y = self.encoder(x, x_hat, feats_o, feats_c)
-        return EncoderSideOutput(y=y, y_hat=binarize(y), feats_o=feats_o, feats_c=feats_c)
+        y_hat = torch.zeros_like(y) if self.constant_representation else binarize(y)
+        return EncoderSideOutput(y=y, y_hat=y_hat, feats_o=feats_o, feats_c=feats_c)
