@@ -22,7 +22,19 @@ which counts one multiply-add per conv/linear weight use, plus a handle for the 
 attention's two matmuls) of the encoder side, the decoders
 and the embeddings for R50 stage inputs and Swin-T widths.
 
-    python benchmarks/cdre_side_stream.py [--frames 30] [--video-frames 12] [--complexity]
+Library range coder (--constriction, needs ``pip install constriction``): can the range coder
+of the PyPI package ``constriction`` replace our hand-written one? The same maps are coded with
+the same context model (our contexts and adaptive counts, in Python; constriction gets one
+Bernoulli probability per bit and decodes bit by bit, since a bit's probability depends on the
+bits decoded before it), as per-frame records of a video (probabilities carried over, previous
+frame as reference; --video-frames frames at 128x128, --frames at --width x --height) and as one
+payload of the whole video. Payload bytes per frame (no header, length or check: the same for
+both): the ideal sum(-log2 p) / 8 under the model, ours (short end), constriction's 32-bit words
+and those words without their trailing zero bytes (what a record that stores its byte length
+would carry); encode / decode CPU ms per frame. Checks that constriction codes with exactly the
+probabilities our coder uses and that its decode round-trips.
+
+    python benchmarks/cdre_side_stream.py [--frames 30] [--video-frames 12] [--complexity] [--constriction]
 """
 import argparse
 import time
@@ -31,6 +43,16 @@ import warnings
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from vcm_d2.modeling.cdre.binary_coder import (
+    COUNT_LIMIT,
+    COUNT_STEP,
+    ContextModel,
+    _context_base,
+    _frame_reference,
+    _reference_states,
+    cabac_decode,
+    cabac_encode,
+)
 from vcm_d2.modeling.cdre.side_stream import (
     HEADER_BYTES,
     decode_side_stream,
@@ -124,6 +146,173 @@ def video_table(args, rng):
                       f"{bpp_a:>14.5f} {bpp_b:>14.5f} {b / a:>6.3f}")
 
 
+# ------------------------------------------------------------------------- --constriction
+def _constriction_stream():
+    try:
+        import constriction
+    except ImportError as e:
+        raise SystemExit("--constriction needs the constriction package: pip install constriction") from e
+    return constriction.stream
+
+
+class _Reads(list):
+    """A count table that records its reads: the counts our coder used, bit by bit."""
+
+    def __init__(self, counts):
+        super().__init__(counts)
+        self.reads = []
+
+    def __getitem__(self, k):
+        v = super().__getitem__(k)
+        self.reads.append(v)
+        return v
+
+
+def our_probabilities(bits, prev, model):
+    """P(bit = 1) that our coder uses for each bit, read off its count tables while it encodes
+    (from a copy of ``model``): the reference the probabilities given to constriction must match."""
+    spy = model.copy()
+    spy.c0, spy.c1 = _Reads(spy.c0), _Reads(spy.c1)
+    cabac_encode(bits, prev, spy, short_end=True)
+    a, b = np.array(spy.c0.reads), np.array(spy.c1.reads)
+    return b / (a + b)
+
+
+def kt_probabilities(bits, prev, model):
+    """P(bit = 1) of each bit of (T, C, h, w) ``bits`` under our context model, updating
+    ``model`` in place: ``cabac_encode``'s contexts and count updates without its coder."""
+    ref = _reference_states(bits, prev)
+    top = np.zeros_like(ref)
+    top[..., 1:, :] = bits[..., :-1, :]
+    left = np.zeros_like(ref)
+    left[..., :, 1:] = bits[..., :, :-1]
+    chan = np.arange(bits.shape[1], dtype=np.int64)[None, :, None, None]
+    c0, c1 = model.c0, model.c1
+    p1 = []
+    for bit, k in zip(bits.ravel().tolist(), (_context_base(chan, ref, top) + left).ravel().tolist()):
+        a, b = c0[k], c1[k]
+        p1.append(b / (a + b))
+        if bit:  # the count update is inlined as in binary_coder: a call per bit would
+            b += COUNT_STEP  # charge constriction's side with time ours does not spend
+        else:
+            a += COUNT_STEP
+        if a + b > COUNT_LIMIT:
+            a, b = (a + 1) >> 1, (b + 1) >> 1
+        c0[k], c1[k] = a, b
+    return np.array(p1)
+
+
+def constriction_encode(bits, prev, model):
+    """constriction's words as big-endian bytes: the words' trailing zero bytes, which the
+    decoder restores as padding, then end the payload and can be dropped."""
+    stream = _constriction_stream()
+    enc = stream.queue.RangeEncoder()
+    p1 = kt_probabilities(bits, prev, model)
+    enc.encode(bits.ravel().astype(np.int32), stream.model.Bernoulli(perfect=False), p1)
+    return enc.get_compressed().astype(">u4").tobytes()
+
+
+def constriction_decode(payload, shape, prev, model):
+    """Inverse of ``constriction_encode``, also without its trailing zero bytes. Bit by bit in
+    ``cabac_decode``'s order: a bit's context needs the bits decoded before it."""
+    stream = _constriction_stream()
+    t, c, h, w = shape
+    words = np.frombuffer(payload + bytes(-len(payload) % 4), dtype=">u4").astype(np.uint32)
+    dec, bernoulli = stream.queue.RangeDecoder(words), stream.model.Bernoulli
+    c0, c1 = model.c0, model.c1
+    decoded = np.zeros(shape, dtype=np.uint8)
+    zeros_row = np.zeros(w, dtype=np.int64)
+    for ti in range(t):
+        for ci in range(c):
+            ref = _frame_reference(ti, ci, decoded, prev)
+            plane = decoded[ti, ci]
+            for r in range(h):
+                top = plane[r - 1].astype(np.int64) if r else zeros_row
+                base = _context_base(ci, ref[r], top).tolist()
+                row = [0] * w
+                left = 0
+                for j in range(w):
+                    k = base[j] + left
+                    a, b = c0[k], c1[k]
+                    left = dec.decode(bernoulli(b / (a + b), perfect=False))
+                    if left:  # inlined, as above
+                        b += COUNT_STEP
+                    else:
+                        a += COUNT_STEP
+                    if a + b > COUNT_LIMIT:
+                        a, b = (a + 1) >> 1, (b + 1) >> 1
+                    c0[k], c1[k] = a, b
+                    row[j] = left
+                plane[r] = row
+    return decoded
+
+
+def _ours_encode(bits, prev, model):
+    return cabac_encode(bits, prev, model, short_end=True)
+
+
+def _ours_decode(payload, shape, prev, model):
+    return cabac_decode(payload, shape, prev, model, short_end=True)
+
+
+def compare_coders(maps, per_frame):
+    """Sums over a video's (T, C, h, w) ``maps``, coded as per-frame records (probabilities
+    carried over, previous frame as reference) or as one payload: ideal bits, bytes of ours,
+    of constriction's words and of those without trailing zero bytes, and encode / decode
+    seconds of both. CPU time, not wall time: other processes may share the cores."""
+    units = [(m[None], p) for m, p in zip(maps, [None, *maps[:-1]])] if per_frame else [(maps, None)]
+    models = {"ours": ContextModel(maps.shape[1]), "lib": ContextModel(maps.shape[1])}
+    tot = dict.fromkeys(("ideal", "ours", "words", "lib", "enc ours", "dec ours", "enc lib", "dec lib"), 0.0)
+    for bits, prev in units:
+        # the ideal code length of our coder must be the one of constriction's probabilities:
+        # compared bit by bit (the models carried from frame to frame are compared below)
+        p1 = our_probabilities(bits, prev, models["ours"])
+        if not np.array_equal(p1, kt_probabilities(bits, prev, models["lib"].copy())):
+            raise RuntimeError("constriction would get other probabilities than our coder uses")
+        tot["ideal"] += -np.log2(np.where(bits.ravel() == 1, p1, 1 - p1)).sum()
+        for coder, encode, decode in (("ours", _ours_encode, _ours_decode),
+                                      ("lib", constriction_encode, constriction_decode)):
+            model = models[coder]
+            start = model.copy()
+            t0 = time.process_time()
+            data = encode(bits, prev, model)
+            t1 = time.process_time()
+            if coder == "lib":  # the decoder gets the payload without its words' trailing zero bytes
+                tot["words"] += len(data)
+                data = data.rstrip(b"\0")
+            t2 = time.process_time()
+            out = decode(data, bits.shape, prev, start)
+            t3 = time.process_time()
+            if not np.array_equal(out, bits) or (start.c0, start.c1) != (model.c0, model.c1):
+                raise RuntimeError(f"{coder}: round trip mismatch")
+            tot[coder] += len(data)
+            tot[f"enc {coder}"] += t1 - t0
+            tot[f"dec {coder}"] += t3 - t2
+        if (models["ours"].c0, models["ours"].c1) != (models["lib"].c0, models["lib"].c1):
+            raise RuntimeError("the context models of ours and constriction diverged")
+    return tot
+
+
+def constriction_table(args, rng):
+    _constriction_stream()  # fail before any work when it is missing
+    print("\nour range coder vs constriction.stream.queue's (Bernoulli per bit), same maps and context model; "
+          "payload B/frame: ideal sum(-log2 p) / 8, ours (short end), constriction's 32-bit words and, as lib, "
+          "those without trailing zero bytes (what its decoder gets here); encode / decode CPU ms per frame")
+    print(f"{'frame':>10} {'source':<26} {'coded as':<8} {'ideal':>7} {'ours':>7} {'words':>7} {'lib':>7} "
+          f"{'lib/ours':>8} {'words/ours':>10} | {'enc ours':>8} {'enc lib':>7} {'ratio':>5} | "
+          f"{'dec ours':>8} {'dec lib':>7} {'ratio':>5}")
+    for (height, width), frames in ((SYNTHETIC_FRAME, args.video_frames), ((args.height, args.width), args.frames)):
+        h, w = -(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE)
+        for name, maps in map_sources(frames, args.channels, h, w, rng):
+            for per_frame in (True, False):
+                s = {k: v / frames for k, v in compare_coders(maps, per_frame).items()}
+                print(f"{width:>5}x{height:<4} {name:<26} {'records' if per_frame else 'video':<8} "
+                      f"{s['ideal'] / 8:>7.2f} {s['ours']:>7.2f} {s['words']:>7.2f} {s['lib']:>7.2f} "
+                      f"{s['lib'] / s['ours']:>8.3f} {s['words'] / s['ours']:>10.3f} | "
+                      f"{s['enc ours'] * 1e3:>8.2f} {s['enc lib'] * 1e3:>7.2f} {s['enc lib'] / s['enc ours']:>5.2f} | "
+                      f"{s['dec ours'] * 1e3:>8.2f} {s['dec lib'] * 1e3:>7.2f} {s['dec lib'] / s['dec ours']:>5.2f}")
+
+
 def complexity(height, width):
     import torch
     from detectron2.config import get_cfg
@@ -215,6 +404,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--video-frames", type=int, default=12, help="frames per video of the header comparison")
     parser.add_argument("--complexity", action="store_true", help="also report params / MACs")
+    parser.add_argument("--constriction", action="store_true",
+                        help="also compare our range coder with constriction's (pip install constriction)")
     args = parser.parse_args()
     h, w = -(-args.height // LATENT_STRIDE), -(-args.width // LATENT_STRIDE)
     rng = np.random.default_rng(args.seed)
@@ -222,6 +413,8 @@ def main():
     for name, maps in map_sources(args.frames, args.channels, h, w, rng):
         bench_maps(name, maps, args.fps)
     video_table(args, rng)
+    if args.constriction:
+        constriction_table(args, rng)
     if args.complexity:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

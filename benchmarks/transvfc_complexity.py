@@ -24,6 +24,8 @@ through the symbol statistics: bytes per frame are reported next to the times).
    on its own (once per stream, not per frame). Both round trips are checked before timing.
 
     python benchmarks/transvfc_complexity.py --threads 1 --runs 3 --warmup 1
+    python benchmarks/transvfc_complexity.py --threads 1 --runs 3 --warmup 1 \
+        MODEL.VCM.TRANSVFC.SCHEME_COMBINE separable
     python benchmarks/transvfc_complexity.py --height 128 --width 128 \\
         --config configs/synthetic/transvfc_stage2_slim_detection.yaml \\
         --semseg-config configs/synthetic/transvfc_stage2_slim_semseg.yaml
@@ -85,6 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--ssf-quality", type=int, default=1, help="quality index of ssf2020 (1-9)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--output", default="output/transvfc_complexity", help="folder for results.json / report.md")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="overrides of both TransVFC configs, KEY VALUE pairs (e.g. "
+                        "MODEL.VCM.TRANSVFC.SCHEME_COMBINE separable)")
     args = p.parse_args(argv)
     if args.height < 1 or args.width < 1 or args.runs < 1 or args.warmup < 0 or args.threads < 1:
         p.error("--height/--width/--runs/--threads must be >= 1 and --warmup >= 0")
@@ -92,11 +97,12 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- models
-def build_transvfc(path: str):
-    """The TransVFC model of ``path`` with random weights, in eval mode, ready to code."""
+def build_transvfc(path: str, opts=()):
+    """The TransVFC model of ``path`` (+ ``opts``) with random weights, in eval mode, ready to
+    code."""
     cfg = get_vcm_cfg()
     cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    cfg.merge_from_list(list(opts) + ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
     if cfg.MODEL.META_ARCHITECTURE != "TransVFC":
         raise ValueError(f"{path} is not a TransVFC config ({cfg.MODEL.META_ARCHITECTURE})")
     model = VCMTrainer.build_model(cfg)
@@ -440,7 +446,8 @@ def time_tables(timing: Mapping) -> List[str]:
 def report_text(args, params, summary, reports, timing) -> str:
     h, w = args.height, args.width
     lines = [f"# TransVFC complexity at {w}x{h}: `{os.path.relpath(args.config, REPO)}`"
-             + (f" + `{os.path.relpath(args.semseg_config, REPO)}`" if args.semseg_config else ""), "",
+             + (f" + `{os.path.relpath(args.semseg_config, REPO)}`" if args.semseg_config else "")
+             + (f", overrides `{' '.join(args.opts)}`" if args.opts else ""), "",
              "Random weights. Paper: Table 4 (720p, GPU times) and Sec. 4.4.2.", "",
              "## Parameters", ""] + params_table(params)
     lines += ["", f"## MACs per image pixel at {w}x{h} ({MAC_CONVENTION})", ""] + macs_table(summary)
@@ -472,8 +479,8 @@ def _serial_report(rep: Mapping) -> Dict:
 # ----------------------------------------------------------------------------- main
 def measure(args) -> Dict:
     torch.manual_seed(args.seed)
-    model, fmt = build_transvfc(args.config)
-    semseg_model = build_transvfc(args.semseg_config)[0] if args.semseg_config else None
+    model, fmt = build_transvfc(args.config, args.opts)
+    semseg_model = build_transvfc(args.semseg_config, args.opts)[0] if args.semseg_config else None
     ssf = ssf2020(quality=args.ssf_quality, pretrained=False).eval()
     ssf.update(force=True)
     frames = synthetic_frames(args.height, args.width)
@@ -503,7 +510,8 @@ def main(argv=None):
     out = os.path.abspath(args.output)
     res = measure(args)
     text = report_text(args, res["params"], res["macs_per_pixel"], res["reports"], res["timing"])
-    serial = {"config": args.config, "semseg_config": args.semseg_config, "height": args.height,
+    serial = {"config": args.config, "semseg_config": args.semseg_config, "opts": args.opts,
+              "height": args.height,
               "width": args.width, "params": res["params"], "macs_per_pixel": res["macs_per_pixel"],
               "complexity": {k: _serial_report(v) for k, v in res["reports"].items()},
               "timing": res["timing"], "paper": PAPER}

@@ -315,6 +315,28 @@ def test_scheme_compensation_builds_all_schemes():
     assert torch.allclose(out0, mc.combine.bias.view(1, -1, 1, 1).expand_as(out0))
 
 
+def test_scheme_compensation_separable_combine():
+    """"separable": depthwise k x k per selected scheme, then 1x1 to C: far fewer weights."""
+    dense = SchemeCompensation(feat_ch=64, motion_ch=8, expansions=(4, 4), combine_kernel=7)
+    sep = SchemeCompensation(feat_ch=64, motion_ch=8, expansions=(4, 4), combine_kernel=7,
+                             combine="separable")
+    n_dense = sum(p.numel() for p in dense.combine.parameters())
+    n_sep = sum(p.numel() for p in sep.combine.parameters())
+    assert n_dense == 1024 * 64 * 49 + 64 and n_sep == 1024 * 49 + 1024 + 1024 * 64 + 64
+    assert sep(torch.randn(1, 64, 6, 6), torch.randn(1, 8, 6, 6)).shape == (1, 64, 6, 6)
+    with pytest.raises(ValueError, match="SCHEME_COMBINE"):
+        SchemeCompensation(feat_ch=4, motion_ch=3, expansions=(2,), combine_kernel=7, combine="x")
+
+
+def test_separable_combine_codes_bit_exactly(perception):
+    codec = _codec(scheme_combine="separable").eval()
+    codec.update(force=True)
+    feats = _features(3, 15, 21)
+    records, encoded = codec.compress(feats, perception)
+    decoded = codec.decompress(records, perception)
+    assert all(torch.equal(a, b) for a, b in zip(encoded, decoded))
+
+
 # ------------------------------------------------------------------------------ losses
 def test_stage_schedule_table1():
     ends = [10, 20, 30, 40, 50]

@@ -99,6 +99,7 @@ class TransVFCCodec(CompressionModel):
                  motion_latent_channels: int = 64, hyper_channels: int = 64,
                  hidden_channels: int = 128, num_schemes: int = 16,
                  scheme_expansions: Sequence[int] = (4, 4), scheme_combine_kernel: int = 7,
+                 scheme_combine: str = "dense",
                  residual_latent_channels: int = 96, intra_latent_channels: int = 96,
                  condition_channels: int = 32, perception_channels: int = 256,
                  temporal_prior_channels: int = 192, entropy_parameter_channels: int = 256,
@@ -131,7 +132,7 @@ class TransVFCCodec(CompressionModel):
             motion_ch=motion_channels, latent_ch=motion_latent_channels,
             hyper_ch=hyper_channels, width=hidden_channels,
             use_schemes=use_scheme_prediction, expansions=scheme_expansions,
-            combine_kernel=scheme_combine_kernel)
+            combine_kernel=scheme_combine_kernel, combine=scheme_combine)
         self.conditional_coding = ConditionalCoding(
             feat_ch=reduced_channels, width=hidden_channels,
             latent_ch=residual_latent_channels, hyper_ch=hyper_channels,
@@ -155,6 +156,7 @@ class TransVFCCodec(CompressionModel):
             "num_schemes": T.NUM_SCHEMES,
             "scheme_expansions": tuple(T.SCHEME_EXPANSIONS),
             "scheme_combine_kernel": T.SCHEME_COMBINE_KERNEL,
+            "scheme_combine": T.SCHEME_COMBINE,
             "residual_latent_channels": T.RESIDUAL_LATENT_CHANNELS,
             "intra_latent_channels": T.INTRA_LATENT_CHANNELS,
             "condition_channels": T.CONDITION_CHANNELS,

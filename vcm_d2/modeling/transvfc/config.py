@@ -45,6 +45,10 @@ def add_transvfc_config(cfg):
     T.SCHEME_EXPANSIONS = [4, 4]
     # Kernel of the conv that combines the selected schemes into REDUCED_CHANNELS (paper: 7x7).
     T.SCHEME_COMBINE_KERNEL = 7
+    # How that conv combines: "dense" (REDUCED_CHANNELS x NUM_SCHEMES -> REDUCED_CHANNELS, as
+    # Fig. 4b reads; a third of a P-frame's MACs) or "separable" (depthwise, then 1x1: ~1/28 of
+    # them; the weights differ, so a dense checkpoint does not load into it).
+    T.SCHEME_COMBINE = "dense"
     # Channels of the residual (contextual) latent y (1/16 of the image).
     T.RESIDUAL_LATENT_CHANNELS = 96
     # Channels of the intra (I-frame) latent (1/16 of the image) (ours).

@@ -8,7 +8,9 @@
   a latent at 1/4 of the feature (1/16 of the image), coded with a mean-scale hyperprior.
 * ``SchemeCompensation`` (MC): depthwise-separable convs expand f_ref into C x NUM_SCHEMES
   candidate schemes; the decoded motion is mapped to as many channels, multiplied with the
-  schemes ("selection"), and a 7x7 conv combines them into C channels.
+  schemes ("selection"), and a 7x7 conv combines them into C channels (``SCHEME_COMBINE``
+  "dense", as Fig. 4b reads; "separable": a depthwise 7x7 per selected scheme, then a 1x1 to
+  C channels, ~1/28 of the dense conv's MACs, which are a third of a P-frame's).
 * ``WarpingCompensation``: the Table 5 "Model 1" style ablation - the decoded motion gives a
   2-channel offset field and f_ref is bilinearly warped with ``grid_sample``.
 
@@ -28,6 +30,7 @@ from .entropy import HYPER_DOWNSAMPLING, HyperpriorEntropyModel
 from .layers import DOWN, DepthBlock, DepthConv, down_block, up_block
 
 __all__ = [
+    "SCHEME_COMBINE_MODES",
     "MotionEstimation",
     "MotionEncoder",
     "MotionDecoder",
@@ -39,6 +42,7 @@ __all__ = [
 ME_STEPS = 2  # stride-2 steps of the motion-estimation U-Net (3 scales)
 MOTION_CODEC_STEPS = 2  # stride-2 steps of E_m (strides 1, 2, 2)
 OFFSET_CHANNELS = 2  # (dx, dy) of the warping baseline
+SCHEME_COMBINE_MODES = ("dense", "separable")
 
 
 class MotionEstimation(nn.Module):
@@ -117,13 +121,17 @@ class SchemeCompensation(nn.Module):
         expansions: channel multipliers of the successive ``DepthConv`` layers; their product
             is the number of schemes per channel S (a ``DepthBlock`` refines between them).
         combine_kernel: kernel of the conv combining the C x S selected schemes.
+        combine: "dense" (one conv from C x S to C channels) or "separable" (a depthwise conv
+            of that kernel, then a 1x1 conv to C channels).
     """
 
     def __init__(self, feat_ch: int, motion_ch: int, expansions: Sequence[int],
-                 combine_kernel: int):
+                 combine_kernel: int, combine: str = "dense"):
         super().__init__()
         if not expansions or any(int(e) < 1 for e in expansions):
             raise ValueError(f"scheme expansions must be positive integers, got {expansions}")
+        if combine not in SCHEME_COMBINE_MODES:
+            raise ValueError(f"SCHEME_COMBINE must be one of {SCHEME_COMBINE_MODES}, got {combine!r}")
         layers, ch = [], feat_ch
         for i, mult in enumerate(expansions):
             layers.append(DepthConv(ch, int(mult)))
@@ -133,7 +141,12 @@ class SchemeCompensation(nn.Module):
         self.scheme_generator = nn.Sequential(*layers)
         self.num_schemes = ch // feat_ch
         self.motion_to_weights = conv3x3(motion_ch, ch)
-        self.combine = nn.Conv2d(ch, feat_ch, combine_kernel, padding=combine_kernel // 2)
+        pad = combine_kernel // 2
+        if combine == "dense":
+            self.combine = nn.Conv2d(ch, feat_ch, combine_kernel, padding=pad)
+        else:
+            self.combine = nn.Sequential(
+                nn.Conv2d(ch, ch, combine_kernel, padding=pad, groups=ch), nn.Conv2d(ch, feat_ch, 1))
 
     def forward(self, f_ref: Tensor, motion_hat: Tensor) -> Tensor:
         schemes = self.scheme_generator(f_ref)
@@ -167,7 +180,7 @@ class InterPrediction(nn.Module):
 
     def __init__(self, *, feat_ch: int, me_width: int, motion_ch: int, latent_ch: int,
                  hyper_ch: int, width: int, use_schemes: bool, expansions: Sequence[int],
-                 combine_kernel: int):
+                 combine_kernel: int, combine: str = "dense"):
         super().__init__()
         self.motion_estimation = MotionEstimation(feat_ch, me_width, motion_ch)
         self.motion_encoder = MotionEncoder(motion_ch, width, latent_ch)
@@ -175,7 +188,7 @@ class InterPrediction(nn.Module):
         self.motion_decoder = MotionDecoder(latent_ch, width, motion_ch)
         if use_schemes:
             self.motion_compensation = SchemeCompensation(feat_ch, motion_ch, expansions,
-                                                          combine_kernel)
+                                                          combine_kernel, combine)
         else:
             self.motion_compensation = WarpingCompensation(motion_ch, width)
         self.latent_downsampling = MotionEncoder.downsampling
