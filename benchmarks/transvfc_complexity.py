@@ -51,6 +51,7 @@ from vcm_d2.engine import get_vcm_cfg  # importing vcm_d2 registers TransVFC
 from vcm_d2.engine.trainer import VCMTrainer
 from vcm_d2.evaluation.complexity import MAC_CONVENTION, complexity_report, format_complexity
 from vcm_d2.modeling.transvfc.container import BITS_PER_BYTE, encode_frame, read_stream
+from vcm_d2.modeling.transvfc.inter_prediction import SCHEME_COMBINE_MODES, SchemeCompensation
 from vcm_d2.modeling.transvfc.layers import crop_to, lcm_all, pad_to_multiple
 from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -374,6 +375,25 @@ def timing_items(model, ours: TransVFCCoder, ssf: SSFCoder) -> Dict[str, Callabl
     }
 
 
+def scheme_combine_items(model, height: int, width: int) -> Dict[str, Callable[[], object]]:
+    """Motion compensation (MC) of a P-frame at this size with each SCHEME_COMBINE (random
+    weights, the model's widths, one input): the dense 7x7 combination is a third of a P-frame's
+    MACs, the separable one ~1/28 of it."""
+    mc = model.codec.inter_prediction.motion_compensation
+    if not isinstance(mc, SchemeCompensation):
+        return {}
+    stride = model.codec.feature_stride
+    h, w = math.ceil(height / stride), math.ceil(width / stride)
+    f_ref, motion = torch.randn(1, mc.feat_ch, h, w), torch.randn(1, mc.motion_ch, h, w)
+    items = {}
+    for mode in SCHEME_COMBINE_MODES:
+        module = SchemeCompensation(mc.feat_ch, mc.motion_ch, mc.expansions, mc.combine_kernel,
+                                    mode).eval()
+        items[f"MC (scheme compensation), {mode} combination"] = (
+            lambda m=module: m(f_ref, motion))
+    return items
+
+
 def run_timing(items: Mapping[str, Callable], runs: int, warmup: int) -> Dict[str, List[float]]:
     """Every run times every item once (interleaved), so load changes hit all items alike."""
     times: Dict[str, List[float]] = {k: [] for k in items}
@@ -435,6 +455,10 @@ def time_tables(timing: Mapping) -> List[str]:
     lines += [f"| {k} | {v:.1f} | {', '.join(f'{x:.0f}' for x in runs[k])} |" for k, v in ms.items()]
     lines += ["", f"| ours / ssf2020 | ratio (goal <= {TIME_GOAL:g} for P-frames) |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in timing["ratios"].items()]
+    mc = [ms.get(f"MC (scheme compensation), {mode} combination") for mode in SCHEME_COMBINE_MODES]
+    if all(mc):
+        lines += ["", f"MC with the {SCHEME_COMBINE_MODES[1]} combination / with the "
+                  f"{SCHEME_COMBINE_MODES[0]} one, same run: {mc[1] / mc[0]:.2f}"]
     lines += ["", "| bytes per frame (random weights) | I-frame | P-frame |", "|---|---|---|",
               f"| TransVFC (container frames, header on the I-frame) | {timing['bytes']['TransVFC'][0]} | "
               f"{timing['bytes']['TransVFC'][1]} |",
@@ -494,7 +518,8 @@ def measure(args) -> Dict:
     del semseg_model
     logger.info("coding time: round trips")
     ours, theirs = TransVFCCoder(model, images), SSFCoder(ssf, rgb)
-    times = run_timing(timing_items(model, ours, theirs), args.runs, args.warmup)
+    items = {**timing_items(model, ours, theirs), **scheme_combine_items(model, args.height, args.width)}
+    times = run_timing(items, args.runs, args.warmup)
     ms = {k: statistics.median(v) for k, v in times.items()}
     timing = {"threads": torch.get_num_threads(), "ms": ms, "runs_ms": times, "ratios": ratios(ms),
               "bytes": {"TransVFC": ours.frame_bytes, "ssf2020": theirs.frame_bytes},
