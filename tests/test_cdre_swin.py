@@ -16,7 +16,8 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.swin import SwinTransformer
 from torchvision.ops import StochasticDepth
 
-from vcm_d2.engine import VCMTrainer, get_vcm_cfg
+from cdre_helpers import LATENT, STRIDE, activate_cross_attention, ceil_div, load_cfg, num_params, random_batch
+from vcm_d2.engine import VCMTrainer
 from vcm_d2.modeling.cdre import (
     CDREDecoderSide,
     CDREEncoderSide,
@@ -26,7 +27,6 @@ from vcm_d2.modeling.cdre import (
     DistortionEmbedding,
     TokenDistortionDecoder,
 )
-from vcm_d2.modeling.cdre.embedding import CrossAttentionFusion
 from vcm_d2.modeling.cdre.swin_backbone import build_swin, swin_kwargs_from_config, swin_stage_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,23 +36,11 @@ TINY_OURS = os.path.join(CONFIGS, "synthetic", "cdre_mask_rcnn_swin_tiny_slim_ou
 SWIN_T_OURS = os.path.join(CONFIGS, "CDRE", "mask_rcnn_swin_T_FPN_ours.yaml")
 CDRE_PREFIXES = ("cdre_encoder.", "backbone.bottom_up.cdre.")
 STAGES = ("p0", "p1", "p2", "p3")
-LATENT, STRIDE = 6, 32
 PAPER_TRANSFORMER_PARAMS = 3.7e6  # Sec. III-C
 
 
 def _cfg(path=TINY_OURS, *opts):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
-
-
-def _params(m):
-    return sum(p.numel() for p in m.parameters())
-
-
-def _ceil(n, s=STRIDE):
-    return -(-n // s)
+    return load_cfg(path, *opts)
 
 
 def _wrapper_and_plain(cfg, seed=0):
@@ -67,34 +55,17 @@ def _wrapper_and_plain(cfg, seed=0):
     return wrapped, plain
 
 
-def _activate(module, seed=0, std=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, CrossAttentionFusion):
-                m.out.weight.copy_(torch.randn(m.out.weight.shape, generator=g) * std)
-    return module
-
-
-def _batch(h, w, seed=0):
-    """Two images and a random binary map of their latent size."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, h, w, generator=g)
-    y_hat = (torch.rand(2, LATENT, _ceil(h), _ceil(w), generator=g) > 0.5).float()
-    return x, y_hat
-
-
 # ---------------------------------------------------------------------------- identity
 @pytest.mark.parametrize("hw", [(96, 128), (97, 131)], ids=["x32", "odd"])
 def test_wrapper_equals_detectron2_swin_at_init_then_depends_on_y_hat(hw):
     wrapped, plain = _wrapper_and_plain(_cfg())
-    x, y_hat = _batch(*hw)
+    x, y_hat = random_batch(*hw)
     with torch.no_grad():
         ref, out = plain(x), wrapped(x, y_hat=y_hat)
         assert set(out) == set(ref) == set(STAGES)
         for k in ref:
             assert torch.equal(ref[k], out[k]), k  # bit-exact (the task asks for 1e-6)
-        _activate(wrapped)
+        activate_cross_attention(wrapped)
         active = wrapped(x, y_hat=y_hat)
         other = wrapped(x, y_hat=1 - y_hat)
     for k in ref:
@@ -104,7 +75,7 @@ def test_wrapper_equals_detectron2_swin_at_init_then_depends_on_y_hat(hw):
 
 def test_wrapper_runs_inside_fpn_and_needs_y_hat():
     backbone = build_backbone(_cfg()).eval()
-    x, y_hat = _batch(96, 128)
+    x, y_hat = random_batch(96, 128)
     with torch.no_grad():
         out = backbone(x, y_hat=y_hat)
     assert list(out) == ["p2", "p3", "p4", "p5", "p6"] and backbone.size_divisibility == STRIDE
@@ -181,15 +152,15 @@ def test_embed_stages_change_parameters_and_which_outputs_move():
     full, _ = _wrapper_and_plain(_cfg())
     late, plain = _wrapper_and_plain(_cfg(TINY_OURS, "MODEL.VCM.CDRE.EMBED_STAGES", ["p2", "p3"]))
     assert late.cdre.stage_names == ("p2", "p3") and set(late.cdre.embedding.fusions) == {"p2", "p3"}
-    assert _params(late.cdre) < _params(full.cdre)
+    assert num_params(late.cdre) < num_params(full.cdre)
     # exactly the parameters of the p0/p1 MLPs and cross-attentions are gone; p2's MLP now
     # starts from the decoder tokens instead of p1's width
-    dropped = sum(_params(full.cdre.embedding.fusions[n]) for n in ("p0", "p1"))
-    mlp = lambda e, n: _params(e.transforms[n])  # noqa: E731
-    assert _params(full.cdre) - _params(late.cdre) == dropped + sum(mlp(full.cdre.embedding, n) for n in STAGES) \
-        - sum(mlp(late.cdre.embedding, n) for n in ("p2", "p3"))
-    _activate(late)
-    x, y_hat = _batch(96, 128)
+    dropped = sum(num_params(full.cdre.embedding.fusions[n]) for n in ("p0", "p1"))
+    mlp = lambda e, n: num_params(e.transforms[n])  # noqa: E731
+    assert num_params(full.cdre) - num_params(late.cdre) == dropped \
+        + sum(mlp(full.cdre.embedding, n) for n in STAGES) - sum(mlp(late.cdre.embedding, n) for n in ("p2", "p3"))
+    activate_cross_attention(late)
+    x, y_hat = random_batch(96, 128)
     with torch.no_grad():
         ref, out = plain(x), late(x, y_hat=y_hat)
     assert torch.equal(out["p0"], ref["p0"]) and torch.equal(out["p1"], ref["p1"])
@@ -212,7 +183,7 @@ def test_decoder_kind_follows_the_backbone():
 def test_token_width_changes_parameters():
     small = build_backbone(_cfg(TINY_OURS, "MODEL.VCM.CDRE.TOKEN_CHANNELS", 16)).cdre_decoder_side
     wide = build_backbone(_cfg()).cdre_decoder_side
-    assert _params(small.decoder) < _params(wide.decoder)
+    assert num_params(small.decoder) < num_params(wide.decoder)
     assert small.decode(torch.ones(1, LATENT, 2, 2)).shape == (1, 4, 16)
 
 
@@ -226,7 +197,7 @@ def test_transformer_version_size_vs_paper():
     assert swin.num_features == [96, 192, 384, 768] and [len(layer.blocks) for layer in swin.layers] == [2, 2, 6, 2]
     assert [layer.blocks[0].attn.num_heads for layer in swin.layers] == [3, 6, 12, 24]
     assert swin.layers[0].blocks[0].attn.relative_position_bias_table.shape == (13 * 13, 3)
-    total = _params(side) + _params(CDREEncoderSide(cfg))
+    total = num_params(side) + num_params(CDREEncoderSide(cfg))
     assert 0.8 * PAPER_TRANSFORMER_PARAMS < total < 1.35 * PAPER_TRANSFORMER_PARAMS
     c = cfg.MODEL.VCM.CDRE.TOKEN_CHANNELS
     per_latent_position = LATENT * c * 9 + 2 * cfg.MODEL.VCM.CDRE.TOKEN_DECODER_BLOCKS * c * c * 9

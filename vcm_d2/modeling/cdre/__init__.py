@@ -11,15 +11,20 @@ backbone stage by stage. Training adds ``CDRECosineLoss`` (eq. 8). Config: ``add
 detectron2 integration (importing registers them): backbones ``build_cdre_resnet_fpn_backbone``
 and ``build_cdre_resnet_backbone`` (CNN decoder side inside detectron2's unchanged ResNet / FPN),
 ``build_cdre_swin_fpn_backbone`` (Transformer decoder side inside detectron2's unchanged Swin /
-FPN) and the plain ``build_swin_fpn_backbone`` (Config: ``MODEL.VCM.SWIN``), meta-architecture
-``CDRERCNN`` (encoder side, cosine loss, side streams) and ``CDREPredictor``.
+FPN) and the plain ``build_swin_fpn_backbone`` (Config: ``MODEL.VCM.SWIN``),
+``build_cdre_vit_sfp_backbone`` (the same inside detectron2's unchanged ViT /
+SimpleFeaturePyramid, ViTDet) and the plain ``build_vit_sfp_backbone`` (Config:
+``MODEL.VCM.VIT``), meta-architecture ``CDRERCNN`` (encoder side, cosine loss, side streams)
+and ``CDREPredictor``.
 """
 from .backbone import (
     CDREDecoderSide,
     CDREFPN,
+    CDREHost,
     CDREResNet,
     DistortionAwareBackbone,
     DistortionAwareInput,
+    DistortionAwareNeck,
     build_cdre_resnet_backbone,
     build_cdre_resnet_fpn_backbone,
 )
@@ -42,6 +47,12 @@ from .swin_backbone import (
     CDRESwinTransformer,
     build_cdre_swin_fpn_backbone,
     build_swin_fpn_backbone,
+)
+from .vit_backbone import (
+    CDRESimpleFeaturePyramid,
+    CDREViT,
+    build_cdre_vit_sfp_backbone,
+    build_vit_sfp_backbone,
 )
 from .side_stream import (
     SideStreamHeader,
@@ -85,6 +96,8 @@ __all__ = [
     "CDREDecoderSide",
     "DistortionAwareBackbone",
     "DistortionAwareInput",
+    "DistortionAwareNeck",
+    "CDREHost",
     "CDREResNet",
     "CDREFPN",
     "build_cdre_resnet_backbone",
@@ -92,6 +105,10 @@ __all__ = [
     "CDRESwinTransformer",
     "build_swin_fpn_backbone",
     "build_cdre_swin_fpn_backbone",
+    "CDREViT",
+    "CDRESimpleFeaturePyramid",
+    "build_vit_sfp_backbone",
+    "build_cdre_vit_sfp_backbone",
     "CDRERCNN",
     "CDREPredictor",
 ]

@@ -13,9 +13,11 @@ The decoded binary map y_hat reaches the backbone as an explicit argument,
 unpacks it -- no hidden state, and FPN's own forward is reused as is. A backbone called
 without y_hat raises ValueError.
 
-Transformer backbones (Swin, ``swin_backbone``) use the same ``CDREDecoderSide`` with the
-Transformer pair (``TokenDistortionDecoder`` + ``CrossAttentionEmbedding``, eq. 7) and the same
-``DistortionAwareBackbone`` input handling; ``CDREFPN`` takes either as its bottom-up network.
+Transformer backbones (Swin, ``swin_backbone``; ViT, ``vit_backbone``) use the same
+``CDREDecoderSide`` with the Transformer pair (``TokenDistortionDecoder`` +
+``CrossAttentionEmbedding``, eq. 7) and the same ``DistortionAwareBackbone`` input handling;
+``CDREFPN`` takes a ResNet or Swin as its bottom-up network, ``CDRESimpleFeaturePyramid``
+(``vit_backbone``) a ViT, both through ``DistortionAwareNeck``.
 """
 import abc
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -37,6 +39,8 @@ __all__ = [
     "DistortionAwareBackbone",
     "CDREDecoderSide",
     "CDREResNet",
+    "DistortionAwareNeck",
+    "CDREHost",
     "CDREFPN",
     "stage_input_shapes",
     "check_embedded_stages",
@@ -172,6 +176,27 @@ def check_embedded_stages(cdre: CDREDecoderSide, stage_names: Sequence[str], bac
         )
 
 
+class CDREHost(DistortionAwareBackbone):
+    """Mixin for a detectron2 backbone that hosts the decoder side as its one extra child
+    ``cdre``, embedding before the points its ``stage_names`` property names:
+    ``__init__(cdre=..., **the backbone's own arguments)``.
+
+    ``cdre`` joins after the backbone's own ``__init__``, which may re-initialise its modules
+    (detectron2's ViT does, every Linear): the zero-initialised fusion outputs stay zero.
+    """
+
+    backbone_name: str  # for error messages
+
+    def __init__(self, *, cdre: CDREDecoderSide, **kwargs):
+        super().__init__(**kwargs)
+        check_embedded_stages(cdre, self.stage_names, self.backbone_name)
+        self.cdre = cdre
+
+    @property
+    def cdre_decoder_side(self) -> CDREDecoderSide:
+        return self.cdre
+
+
 def stage_input_shapes(stem: nn.Module, stage_names: Sequence[str], stages: Sequence[Sequence[nn.Module]]):
     """Stage name -> ShapeSpec(channels, stride) of the feature that *enters* the stage.
 
@@ -185,9 +210,11 @@ def stage_input_shapes(stem: nn.Module, stage_names: Sequence[str], stages: Sequ
     return shapes
 
 
-class CDREResNet(DistortionAwareBackbone, ResNet):
+class CDREResNet(CDREHost, ResNet):
     """detectron2 ``ResNet`` (same stem, stages and parameter names) with the CDRE decoder
     side: before every stage in ``cdre.stage_names``, f = embedding(stage, f, d)."""
+
+    backbone_name = "ResNet"
 
     def __init__(self, stem, stages, *, cdre: CDREDecoderSide, out_features=None, freeze_at=0):
         """
@@ -196,13 +223,8 @@ class CDREResNet(DistortionAwareBackbone, ResNet):
                 classification head: ``num_classes`` is always None in a detector backbone).
             cdre: the decoder side; its stages must be stages of this ResNet, in order.
         """
-        super().__init__(stem, stages, num_classes=None, out_features=out_features, freeze_at=freeze_at)
-        check_embedded_stages(cdre, self.stage_names, "ResNet")
-        self.cdre = cdre
-
-    @property
-    def cdre_decoder_side(self) -> CDREDecoderSide:
-        return self.cdre
+        super().__init__(cdre=cdre, stem=stem, stages=stages, num_classes=None, out_features=out_features,
+                         freeze_at=freeze_at)
 
     def forward(self, x, y_hat: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """
@@ -226,24 +248,36 @@ class CDREResNet(DistortionAwareBackbone, ResNet):
         return outputs
 
 
-class CDREFPN(DistortionAwareBackbone, FPN):
-    """detectron2 ``FPN`` over a distortion-aware bottom-up network (``CDREResNet``,
-    ``CDRESwinTransformer``); ``forward(x, y_hat)`` reuses FPN.forward."""
+class DistortionAwareNeck(DistortionAwareBackbone):
+    """Mixin for a detectron2 feature pyramid over a distortion-aware network: ``CDREFPN``
+    (FPN, network ``bottom_up``) and ``CDRESimpleFeaturePyramid`` (ViTDet's pyramid, network
+    ``net``). Both pyramids' forward hands its input unchanged to the network, so
+    ``forward(x, y_hat)`` passes the pair as one ``DistortionAwareInput`` and reuses it."""
 
-    def __init__(self, *, bottom_up: DistortionAwareBackbone, **kwargs):
-        if not isinstance(bottom_up, DistortionAwareBackbone):
+    network_arg: str  # the pyramid's constructor argument (and attribute) holding the network
+
+    def __init__(self, **kwargs):
+        network = kwargs.get(self.network_arg)
+        if not isinstance(network, DistortionAwareBackbone):
             raise ValueError(
-                f"CDREFPN needs a distortion-aware bottom-up network, got {type(bottom_up).__name__}"
+                f"{type(self).__name__} needs a distortion-aware {self.network_arg} network, "
+                f"got {type(network).__name__}"
             )
-        super().__init__(bottom_up=bottom_up, **kwargs)
+        super().__init__(**kwargs)
 
     @property
     def cdre_decoder_side(self) -> CDREDecoderSide:
-        return self.bottom_up.cdre_decoder_side
+        return getattr(self, self.network_arg).cdre_decoder_side
 
     def forward(self, x, y_hat: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        # FPN.forward only passes its input on to self.bottom_up(...), so the pair travels intact.
         return super().forward(DistortionAwareInput(x, y_hat))
+
+
+class CDREFPN(DistortionAwareNeck, FPN):
+    """detectron2 ``FPN`` over a distortion-aware bottom-up network (``CDREResNet``,
+    ``CDRESwinTransformer``); ``forward(x, y_hat)`` reuses FPN.forward."""
+
+    network_arg = "bottom_up"
 
 
 def _build_cdre_resnet(cfg, input_shape: ShapeSpec) -> CDREResNet:

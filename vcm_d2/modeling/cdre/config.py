@@ -1,7 +1,7 @@
 """Config keys of CDRE (Sun et al., "Embedding Compression Distortion in Video Coding for
-Machines"), under ``cfg.MODEL.VCM.CDRE``, and of the Swin Transformer backbone of its
-Transformer version and baselines, under ``cfg.MODEL.VCM.SWIN``. Every key has a default and
-a one-line comment.
+Machines"), under ``cfg.MODEL.VCM.CDRE``, and of the Transformer backbones of its Transformer
+version and baselines: Swin under ``cfg.MODEL.VCM.SWIN``, ViT (ViTDet) under
+``cfg.MODEL.VCM.VIT``. Every key has a default and a one-line comment.
 
 Equation, table and section numbers refer to that paper.
 """
@@ -11,8 +11,8 @@ __all__ = ["add_cdre_config"]
 
 
 def add_cdre_config(cfg):
-    """Add ``cfg.MODEL.VCM.CDRE`` and ``cfg.MODEL.VCM.SWIN`` (idempotent). ``cfg.MODEL.VCM``
-    must already exist."""
+    """Add ``cfg.MODEL.VCM.CDRE``, ``cfg.MODEL.VCM.SWIN`` and ``cfg.MODEL.VCM.VIT``
+    (idempotent). ``cfg.MODEL.VCM`` must already exist."""
     if not hasattr(cfg.MODEL, "VCM"):
         raise ValueError("add_cdre_config needs cfg.MODEL.VCM: call add_vcm_config(cfg) first")
     if hasattr(cfg.MODEL.VCM, "CDRE"):
@@ -56,7 +56,7 @@ def add_cdre_config(cfg):
     _C.CDRE.TOKEN_DECODER_BLOCKS = 2
     # ------------------------------------------------ distortion representation embedding (eq. 6-7)
     # Backbone stages whose input receives the distortion feature, in order (Table III: 4 is best);
-    # ResNet "res2".."res5", Swin "p0".."p3".
+    # ResNet "res2".."res5", Swin "p0".."p3", ViT "b<i>" (the input of block i, e.g. "b0","b3","b6","b9").
     _C.CDRE.EMBED_STAGES = ["res2", "res3", "res4", "res5"]
     # Output widths of the CNN transform blocks d_i, one per EMBED_STAGES entry (16->16->64->128->256).
     _C.CDRE.STAGE_CHANNELS = [16, 64, 128, 256]
@@ -88,6 +88,7 @@ def add_cdre_config(cfg):
     # Per-video side streams kept open in inference (least recently used closed first).
     _C.CDRE.SIDE_STREAM_MAX_OPEN_VIDEOS = 64
     _add_swin_config(_C)
+    _add_vit_config(_C)
     return cfg
 
 
@@ -109,3 +110,55 @@ def _add_swin_config(_C):
     _C.SWIN.DROP_PATH_RATE = 0.2
     # Output features "p<i>" (stage i, stride 2^(i+2)); FPN.IN_FEATURES takes them.
     _C.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
+
+
+def _add_vit_config(_C):
+    """``MODEL.VCM.VIT``: detectron2's ``ViT`` and ``SimpleFeaturePyramid`` (ViTDet) for
+    ``build_vit_sfp_backbone`` and ``build_cdre_vit_sfp_backbone`` (detectron2 builds them from
+    LazyConfigs only). Defaults: ViTDet's ViT-B Mask R-CNN."""
+    _C.VIT = CN()
+    # Token width of every block.
+    _C.VIT.EMBED_DIM = 768
+    # Number of blocks.
+    _C.VIT.DEPTH = 12
+    # Attention heads per block.
+    _C.VIT.NUM_HEADS = 12
+    # Side of the square patches (tokens at stride PATCH_SIZE).
+    _C.VIT.PATCH_SIZE = 16
+    # Hidden width of the blocks' MLP as a multiple of EMBED_DIM.
+    _C.VIT.MLP_RATIO = 4.0
+    # Bias of the query / key / value projections.
+    _C.VIT.QKV_BIAS = True
+    # Epsilon of the blocks' LayerNorms (ViTDet's MAE weights: 1e-6; torch's default is 1e-5).
+    _C.VIT.LAYER_NORM_EPS = 1e-6
+    # Stochastic depth rate of the last block (0 at the first, linear in between; timm's DropPath).
+    _C.VIT.DROP_PATH_RATE = 0.1
+    # Input side the relative position tables of the global blocks are sized for (ViTDet: 1024);
+    # other sizes interpolate them. Must match the checkpoint.
+    _C.VIT.IMG_SIZE = 1024
+    # Absolute position embedding (interpolated from the pretraining grid to the token grid).
+    _C.VIT.USE_ABS_POS = True
+    # Image side of the pretraining: sizes the absolute position embedding. Must match the checkpoint.
+    _C.VIT.PRETRAIN_IMG_SIZE = 224
+    # The pretraining had a class token: its position embedding is kept (and dropped in use).
+    _C.VIT.PRETRAIN_USE_CLS_TOKEN = True
+    # Decomposed relative position biases in the attention.
+    _C.VIT.USE_REL_POS = True
+    # Side of the local attention windows, in tokens, of the WINDOW_BLOCK_INDEXES blocks.
+    _C.VIT.WINDOW_SIZE = 14
+    # Blocks with window attention; the others attend globally (ViT-B: 2, 5, 8, 11).
+    _C.VIT.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
+    # Blocks followed by a residual conv bottleneck (ViTDet's "conv propagation"; none in ViT-B).
+    _C.VIT.RESIDUAL_BLOCK_INDEXES = []
+    # Simple feature pyramid over the last block's map (stride PATCH_SIZE).
+    _C.VIT.SFP = CN()
+    # Width of the pyramid levels (the heads' input width).
+    _C.VIT.SFP.OUT_CHANNELS = 256
+    # Resampling of the stride-PATCH_SIZE map per level, 4.0 / 2.0 / 1.0 / 0.5 (p2..p5 for patch
+    # 16); a max-pooled p6 is added on top, as in FPN.
+    _C.VIT.SFP.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+    # Normalization of the pyramid convs ("LN": detectron2's channel LayerNorm).
+    _C.VIT.SFP.NORM = "LN"
+    # Pad every batch to this square side (ViTDet: 1024, for its 1024-px inputs); 0: pad to the
+    # pyramid's coarsest stride only. Inputs must fit: INPUT.MAX_SIZE_* <= SQUARE_PAD.
+    _C.VIT.SFP.SQUARE_PAD = 1024

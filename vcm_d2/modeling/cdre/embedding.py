@@ -76,7 +76,7 @@ def _stage_specs(cfg, input_shape: Dict[str, ShapeSpec]) -> Tuple[Tuple[str, ...
     names = tuple(cfg.MODEL.VCM.CDRE.EMBED_STAGES)
     missing = [n for n in names if n not in input_shape]
     if missing:
-        raise ValueError(f"EMBED_STAGES {missing} not in the backbone stages {sorted(input_shape)}")
+        raise ValueError(f"EMBED_STAGES {missing} not in the backbone stages {list(input_shape)}")
     return names, {n: input_shape[n] for n in names}
 
 

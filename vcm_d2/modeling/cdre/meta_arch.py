@@ -96,7 +96,8 @@ class CDRERCNN(GeneralizedRCNN):
         if not isinstance(self.backbone, DistortionAwareBackbone):
             raise ValueError(
                 f"CDRERCNN needs a CDRE backbone (MODEL.BACKBONE.NAME build_cdre_resnet_fpn_backbone, "
-                f"build_cdre_resnet_backbone or build_cdre_swin_fpn_backbone), got {type(self.backbone).__name__}"
+                f"build_cdre_resnet_backbone, build_cdre_swin_fpn_backbone or build_cdre_vit_sfp_backbone), "
+                f"got {type(self.backbone).__name__}"
             )
         side = self.backbone.cdre_decoder_side
         enc = (cdre_encoder.encoder.latent_channels, cdre_encoder.latent_stride)

@@ -29,13 +29,7 @@ from detectron2.modeling.backbone.swin import SwinTransformer
 from torch.nn import functional as F
 from torchvision.ops import StochasticDepth
 
-from .backbone import (
-    CDREDecoderSide,
-    CDREFPN,
-    DistortionAwareBackbone,
-    check_embedded_stages,
-    fpn_from_config,
-)
+from .backbone import CDREDecoderSide, CDREFPN, CDREHost, fpn_from_config
 
 __all__ = [
     "CDRESwinTransformer",
@@ -106,28 +100,20 @@ def build_swin(cfg, input_shape: ShapeSpec, swin_class=SwinTransformer, **extra)
     return swin
 
 
-class CDRESwinTransformer(DistortionAwareBackbone, SwinTransformer):
+class CDRESwinTransformer(CDREHost, SwinTransformer):
     """detectron2 ``SwinTransformer`` (same modules, parameter names and outputs) with the CDRE
-    decoder side: before every stage in ``cdre.stage_names``, tokens = embedding(stage, tokens, d)."""
+    decoder side: before every stage in ``cdre.stage_names``, tokens = embedding(stage, tokens, d).
 
-    def __init__(self, *, cdre: CDREDecoderSide, **kwargs):
-        """
-        Args:
-            cdre: the decoder side (Transformer pair, ``CDREDecoderSide(cfg, ..., tokens=True)``);
-                its stages must be stages of this Swin ("p0", "p1", ...), in order.
-            kwargs: detectron2's ``SwinTransformer`` arguments.
-        """
-        super().__init__(**kwargs)
-        check_embedded_stages(cdre, self.stage_names, "Swin Transformer")
-        self.cdre = cdre
+    Built as ``CDRESwinTransformer(cdre=..., **SwinTransformer's arguments)``; ``cdre`` is the
+    Transformer pair (``CDREDecoderSide(cfg, ..., tokens=True)``) and its stages must be stages
+    of this Swin ("p0", "p1", ...), in order.
+    """
+
+    backbone_name = "Swin Transformer"
 
     @property
     def stage_names(self):
         return tuple(_stage_name(i) for i in range(self.num_layers))
-
-    @property
-    def cdre_decoder_side(self) -> CDREDecoderSide:
-        return self.cdre
 
     def forward(self, x, y_hat: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``SwinTransformer.forward`` with the embedding before the embedded stages.
