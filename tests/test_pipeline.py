@@ -243,6 +243,20 @@ def test_mean_sd_of_seeds():
     assert all(math.isnan(v) for v in mean_sd([1.0, math.nan]))  # a run without detections
 
 
+def test_paired_differences_cancel_the_shared_start():
+    """Ours minus full_ft seed by seed: two seeds where both move together give a tight
+    difference although each method's own spread is wide."""
+    from vcm_d2.pipeline.seeds import SeedSpread
+
+    key = ("detection", "x264")
+    runs = [{(*key, "ours"): (-50.0, 2.0), (*key, "full_ft"): (-40.0, 1.5)},
+            {(*key, "ours"): (-20.0, 1.0), (*key, "full_ft"): (-12.0, 0.5)}]
+    lines = SeedSpread([0, 1], runs).paired_lines("full_ft")
+    assert lines == ["- detection x264: BD-rate of ours minus full_ft, paired by seed: -9.0 ± 1.4 "
+                     "points (-10.0, -8.0)"]
+    assert SeedSpread([0, 1], runs).paired_lines("head_ft") == []  # no such method
+
+
 def test_folder_lock_is_exclusive_and_released(tmp_path):
     folder = str(tmp_path / "seed0")
     with steps.folder_lock(folder) as held:

@@ -100,6 +100,23 @@ class SeedSpread:
                                  f"{'overlap' if overlap else 'do not overlap'} (mean ± sd)")
         return lines
 
+    def paired_lines(self, reference: str) -> List[str]:
+        """Per (task, codec), each method's BD-rate minus ``reference``'s, seed by seed (both
+        start from that seed's clean model, so its variation cancels), as mean ± sd."""
+        lines = []
+        for key in self.keys:
+            ref = (*key[:2], reference)
+            if key[2] == reference or ref not in self.keys:
+                continue
+            diffs = [None if a is None or b is None else a - b
+                     for a, b in zip(self.values(key, 0), self.values(ref, 0))]
+            if any(d is None for d in diffs):
+                continue
+            m, sd = mean_sd(diffs)
+            lines.append(f"- {key[0]} {key[1]}: BD-rate of {key[2]} minus {reference}, paired by "
+                         f"seed: {m:+.1f} ± {sd:.1f} points ({', '.join(f'{d:+.1f}' for d in diffs)})")
+        return lines
+
     def to_dict(self) -> Dict:
         """Per-seed values and their mean / sd, for a results JSON."""
         out = {"seeds": self.seeds, "values": []}
