@@ -1,13 +1,13 @@
 """The resumable steps of a rate-task run: compress, train, evaluate, each skipped when its
 output exists, and the time each step took.
 
-A run owns one output folder. Processes started with the same command on one output folder share
-its work: compression waits for a process already compressing, and ``run_each_locked`` gives each
-seed folder to one process at a time (``folder_lock``).
-
 A run owns one output folder. Models are trained into ``<folder>/model_final.pth`` with a record
 of what they were trained with (a resumed run refuses a model trained otherwise); evaluation
 results are cached per dataset in a JSON file; step times are kept across resumed runs.
+
+Processes started with the same command on one output folder share its work: compression waits
+for a process already compressing, and ``run_each_locked`` gives each seed folder to one process
+at a time (``folder_lock``).
 """
 import contextlib
 import json
