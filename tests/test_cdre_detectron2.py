@@ -18,8 +18,9 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 
+from cdre_helpers import load_cfg
 from vcm_d2.data.synthetic import KEYPOINT_OKS_SIGMAS
-from vcm_d2.engine import VCMTrainer, VideoPredictor, get_vcm_cfg
+from vcm_d2.engine import VCMTrainer, VideoPredictor
 from vcm_d2.modeling.cdre import (
     CDREDecoderSide,
     CDREPredictor,
@@ -56,10 +57,7 @@ STRIDE = 32
 
 
 def _cfg(path=SLIM_OURS, *opts):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return load_cfg(path, *opts)
 
 
 def _ceil(n, s=STRIDE):

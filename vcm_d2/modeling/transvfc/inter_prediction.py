@@ -134,7 +134,7 @@ class SchemeCompensation(nn.Module):
             raise ValueError(f"SCHEME_COMBINE must be one of {SCHEME_COMBINE_MODES}, got {combine!r}")
         # kept to build a variant of the same widths (benchmarks/transvfc_complexity.py)
         self.feat_ch, self.motion_ch, self.expansions = feat_ch, motion_ch, tuple(expansions)
-        self.combine_kernel, self.combine_mode = combine_kernel, combine
+        self.combine_kernel = combine_kernel
         layers, ch = [], feat_ch
         for i, mult in enumerate(expansions):
             layers.append(DepthConv(ch, int(mult)))
