@@ -31,6 +31,7 @@ from typing import Dict, List, Sequence
 import torch
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
+from vcm_d2.codecs.neural import learned_codec_options
 from vcm_d2.evaluation.report import write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import Run
@@ -74,6 +75,12 @@ def parse_args(argv=None):
                    help="CRF of x264 / x265")
     p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(PIXEL_VVC_QUALITIES),
                    help="vvenc QPs")
+    p.add_argument("--learned", nargs="+", default=[], metavar="CODEC=WEIGHTS",
+                   help="learned pixel codecs with their trained checkpoints, e.g. "
+                        "bmshj2018_hyperprior=output/learned_codecs/bmshj2018_hyperprior "
+                        "(tools/train_learned_codec.py)")
+    p.add_argument("--learned-qualities", nargs="+", type=int, default=[1, 2, 3, 4, 5],
+                   help="quality indices of the learned codecs (one checkpoint each)")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
     p.add_argument("--seed", type=int, default=0, help="seed of every training; < 0: random")
     p.add_argument("--workers", type=int, default=2, help="compression processes")
@@ -85,11 +92,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def compress_val(run: Run, codecs: Sequence[str], qualities_of, gop: int,
+def compress_val(run: Run, codecs: Sequence[str], qualities_of, options_of,
                  workers: int) -> Dict[tuple, List[str]]:
     """Compressed validation pairs per (task, codec): the detection, segmentation and VIS sets
     share their frames, so one compression serves all (registered for each)."""
-    pairs = run.compress((VAL_SET,), codecs, qualities_of, {"gop": gop}, workers, "compress")
+    pairs = run.compress((VAL_SET,), codecs, qualities_of, options_of, workers, "compress")
     root = run.compressed_root
     names = {}
     for codec in codecs:
@@ -107,11 +114,20 @@ def main(argv=None):
     if len(set(lambdas)) != len(lambdas) or len(lambdas) < 2:
         raise ValueError(f"--lambdas needs at least two distinct values, got {lambdas}")
 
+    learned = dict(learned_codec_options(spec, args.learned_qualities, {"gop": args.gop})
+                   for spec in args.learned)
+    codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
+
     def qualities_of(codec):
+        if codec in learned:
+            return args.learned_qualities
         return args.vvc_qualities if codec == "vvc" else args.qualities
 
-    logger.info("[1/5] compressing %s with %s", VAL_SET, args.codecs)
-    pairs = compress_val(run, args.codecs, qualities_of, args.gop, args.workers)
+    def options_of(codec):
+        return learned.get(codec, {"gop": args.gop})
+
+    logger.info("[1/5] compressing %s with %s", VAL_SET, codecs)
+    pairs = compress_val(run, codecs, qualities_of, options_of, args.workers)
 
     logger.info("[2/5] clean detector and task networks")
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"),
@@ -134,16 +150,16 @@ def main(argv=None):
     for task in args.tasks:
         _, val_set, key, metric = TASKS[task]
         cfg = pixel_cfg(run, task, task_weights)
-        res = run.evaluate(cfg, detector, [val_set] + [n for c in args.codecs for n in pairs[task, c]],
+        res = run.evaluate(cfg, detector, [val_set] + [n for c in codecs for n in pairs[task, c]],
                            f"eval_pixels_{task}")
         pixel_curves = {c: curve_from(res, c, PIXEL_METHOD, qualities_of(c), pairs[task, c],
                                       task=task, result_key=key, metric=metric)
-                        for c in args.codecs}
+                        for c in codecs}
         clean[task] = f"{metric} {res[val_set][key][metric]:.1f}"
         curves += list(pixel_curves.values())
         curves.append(transvfc_curve(run, task, models[task], val_set, meta))
         rows = figure_rows_vs_pixels(models[task], curves[-1], {PIXEL_METHOD: (cfg, detector)},
-                                     pixel_curves, {c: pairs[task, c] for c in args.codecs},
+                                     pixel_curves, {c: pairs[task, c] for c in codecs},
                                      val_set)
         figure_lines += [""] + write_figures(run.out, {task: rows}, val_set, run.times,
                                              step=f"figures_{task}")
@@ -156,14 +172,17 @@ def main(argv=None):
              f"iterations from the previous; stage 2: {args.stage2_iters} iterations per task and "
              f"lambda_R. Pixel codecs: {', '.join(args.codecs)} (x264/x265 CRF "
              f"{', '.join(f'{q:g}' for q in args.qualities)}, vvc QP "
-             f"{', '.join(f'{q:g}' for q in args.vvc_qualities)}; GOP {args.gop}); TransVFC "
+             f"{', '.join(f'{q:g}' for q in args.vvc_qualities)}; GOP {args.gop})"
+             + "".join(f"; {c} qualities {', '.join(map(str, args.learned_qualities))} from "
+                       f"{os.path.basename(o['weights'])}" for c, o in learned.items())
+             + ". TransVFC "
              f"quality = lambda_R, GOP from its config. Every bit counted (TransVFC: container "
              "stream header, I-frames, per-frame records with CRC).", "",
              "Task networks on uncompressed validation frames: "
              + ", ".join(f"{t} {v}" for t, v in clean.items()) + ".", "",
              "BD values of TransVFC against each pixel codec (pchip; negative BD-rate = fewer "
              "bits for the same task metric):", ""]
-    lines += bd_table(curves, TRANSVFC, args.codecs)
+    lines += bd_table(curves, TRANSVFC, codecs)
     lines += ["", "Points (quality = CRF, QP or lambda_R):", "",
               points_table(curves, by_quality=False)]
     lines += figure_lines + ["", run.times.line()]

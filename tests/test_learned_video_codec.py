@@ -16,7 +16,7 @@ from vcm_d2.codecs import build_codec
 from vcm_d2.codecs.annexb import frame_chunks
 from vcm_d2.codecs.neural import checkpoint_path
 from vcm_d2.codecs.stored import DecodedFrameCache
-from vcm_d2.data.pairs import load_manifest, load_pair_dicts, read_frame
+from vcm_d2.data.pairs import MANIFEST_FILENAME, load_manifest, load_pair_dicts, read_frame
 from vcm_d2.data.synthetic import CLASS_NAMES, SyntheticSpec, load_synthetic_images
 from vcm_d2.engine.compress import compress_dataset
 
@@ -204,3 +204,71 @@ def test_compress_dataset_with_ssf2020_counts_the_codecs_bits(tiny_dataset, tmp_
         assert np.array_equal(read_frame(last, "RGB", cache), cs.frames[-1])
         assert cache.decodes == 1
     assert manifest["total_bits"] == sum(f["bits"] for f in manifest["frames"])
+
+
+def test_finetune_chain_starts_each_quality_from_the_previous_one(tiny_dataset, tmp_path, capsys):
+    """--finetune-iterations: q2 starts from q1's final weights (learning rates 0, so q2 keeps
+    exactly the weights it started from); a quality of another width refuses to start."""
+    tool = load_tool("train_learned_codec")
+    out = str(tmp_path / "chain")
+    common = ["--codec", "bmshj2018_hyperprior", "--output", out, "--dataset", tiny_dataset,
+              "--iterations", "1", "--batch-size", "1", "--clip-length", "1", "--crop-size",
+              "64", "--lr", "0", "--aux-lr", "0", "--no-progress"]
+    assert tool.main(common + ["--qualities", "1"]) == 0
+    q1 = os.path.join(out, "bmshj2018_hyperprior", "q1.pth")
+    ckpt = torch.load(q1, map_location="cpu", weights_only=True)
+    ckpt["state_dict"]["g_a.0.weight"] += 0.5  # marks q1's weights apart from the seed's init
+    torch.save(ckpt, q1)
+    assert tool.main(common + ["--qualities", "1", "2", "--finetune-iterations", "1"]) == 0
+    q2 = torch.load(os.path.join(out, "bmshj2018_hyperprior", "q2.pth"), map_location="cpu",
+                    weights_only=True)
+    assert q2["settings"]["init"] == "q1.pth" and q2["iterations"] == 1
+    assert torch.equal(q2["state_dict"]["g_a.0.weight"], ckpt["state_dict"]["g_a.0.weight"])
+    assert tool.main(common + ["--qualities", "2"]) == 2  # q2's state: fine-tuned, not scratch
+    assert "other settings" in capsys.readouterr().err
+    # the zoo's bmshj2018 is wider from quality 6 on: no chain across that
+    assert tool.main(common + ["--qualities", "5", "6", "--finetune-iterations", "1"]) == 2
+    assert "another architecture" in capsys.readouterr().err
+
+
+def test_a_run_compresses_each_codec_with_its_own_options(tiny_dataset, tmp_path):
+    """``learned_codec_options`` ("NAME=WEIGHTS", as benchmarks take it) and ``Run.compress``
+    with options per codec: the learned codec's pairs are coded with its trained checkpoint
+    (bits equal to that codec's), x264's with its GOP; bad specs fail before any work."""
+    from vcm_d2.codecs.neural import learned_codec_options
+    from vcm_d2.engine.compress import output_dir_for
+    from vcm_d2.pipeline import Run
+
+    tool = load_tool("train_learned_codec")
+    out = str(tmp_path / "ckpt")
+    assert tool.main(["--codec", "bmshj2018_hyperprior", "--qualities", "1", "--output", out,
+                      "--dataset", tiny_dataset, "--iterations", "1", "--batch-size", "1",
+                      "--clip-length", "1", "--crop-size", "64", "--no-progress"]) == 0
+    weights = os.path.join(out, "bmshj2018_hyperprior")
+    name, options = learned_codec_options(
+        f"bmshj2018_hyperprior={os.path.relpath(weights)}", [1], {"gop": 2})
+    assert (name, options) == ("bmshj2018_hyperprior", {"weights": weights})  # image codec: no GOP
+    assert learned_codec_options(f"ssf2020={weights}", [1], {"gop": 2}) == (
+        "ssf2020", {"gop": 2, "weights": weights})
+    with pytest.raises(FileNotFoundError, match="q2.pth"):
+        learned_codec_options(f"bmshj2018_hyperprior={weights}", [1, 2])
+    with pytest.raises(ValueError, match="not a learned codec"):
+        learned_codec_options(f"x264={weights}", [1])
+    with pytest.raises(ValueError, match="NAME=WEIGHTS"):
+        learned_codec_options("bmshj2018_hyperprior", [1])
+
+    run = Run(str(tmp_path / "run"), "", threads=torch.get_num_threads())
+    qualities = {name: [1], "x264": [30]}
+    per_codec = {name: options, "x264": {"gop": 2}}
+    pairs = run.compress((tiny_dataset,), ["x264", name], qualities.get, per_codec.get, 1, "compress")
+    assert len(pairs[tiny_dataset, name]) == len(pairs[tiny_dataset, "x264"]) == 1
+    for codec in per_codec:
+        manifest = load_manifest(os.path.join(
+            output_dir_for(run.compressed_root, tiny_dataset, codec, qualities[codec][0]),
+            MANIFEST_FILENAME))
+        assert manifest["codec_options"] == per_codec[codec]
+    manifest = load_manifest(os.path.join(output_dir_for(run.compressed_root, tiny_dataset, name, 1),
+                                          MANIFEST_FILENAME))
+    first = manifest["frames"][0]
+    original = read_frame({"file_name": first["original_file_name"]})
+    assert first["bits"] == build_codec(name, **options).encode([original], 1).frame_bits[0]

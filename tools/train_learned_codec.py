@@ -22,6 +22,11 @@ codec pads them). An image codec sees as many frames per step, as independent fr
 depends only on (--seed, quality, iteration), so a resumed run sees the batches an uninterrupted
 one would.
 
+With ``--finetune-iterations N`` the qualities form a chain, like TransVFC's stage 1 (one
+lambda_R from scratch, each next one fine-tuned from the previous): the first of --qualities
+trains --iterations from scratch, each next one starts from the previous one's ``q<k>.pth`` and
+trains N iterations (the zoo's widths must match: bmshj2018 widens at quality 6, cheng2020 at 4).
+
 Loss (CompressAI's ``RateDistortionLoss``, averaged over the frames of a clip for a video model,
 whose I-frame rate is included): lambda * 255^2 * MSE + bpp, lambda per quality from CompressAI's
 MSE table (``DEFAULT_LAMBDAS``) unless ``--lmbda`` is given. Adam on the network (gradient norm
@@ -47,7 +52,7 @@ from detectron2.utils.logger import setup_logger
 import vcm_d2  # noqa: F401  (registers codecs and built-in datasets)
 from vcm_d2.codecs import CODEC_REGISTRY
 from vcm_d2.codecs.base import pad_frame
-from vcm_d2.codecs.neural import CHECKPOINT_NAME, LearnedCodec
+from vcm_d2.codecs.neural import CHECKPOINT_NAME, LearnedCodec, load_state_dict_file
 # the frame reader of compress_dataset (files, or frames of a bitstream-stored pair dataset)
 from vcm_d2.engine.compress import FrameSpec, _read_original, build_sequences
 from vcm_d2.utils.io import atomic_write
@@ -81,6 +86,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="vcm_synth_train", help="registered dataset")
     parser.add_argument("--iterations", type=int, default=1000,
                         help="training steps per quality (TransVFC's synthetic stage 1: 1000)")
+    parser.add_argument("--finetune-iterations", type=int, default=0,
+                        help="if > 0: only the first of --qualities trains --iterations from "
+                        "scratch; each next one starts from the previous one's final weights and "
+                        "trains this many (TransVFC's stage-1 chain of lambda_R points)")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per step")
     parser.add_argument("--clip-length", type=int, default=3,
                         help="frames per clip of a video model (an I-frame and P-frames)")
@@ -207,8 +216,10 @@ def _load_state(path: str, codec: str, settings: Dict[str, Any]) -> Optional[Dic
 def train_quality(codec: str, quality: int, settings: Dict[str, Any], iterations: int,
                   output: str, videos: Sequence[Sequence[FrameSpec]],
                   checkpoint_period: int = 100, log_period: int = 20,
-                  progress: bool = True) -> str:
-    """Train (or resume, or skip if done) one quality; return the final checkpoint's path."""
+                  progress: bool = True, init: Optional[str] = None) -> str:
+    """Train (or resume, or skip if done) one quality; return the final checkpoint's path.
+    ``init``: a final checkpoint (``q<k>.pth`` of the same architecture) to start from instead
+    of the seed's initialisation."""
     codec_cls = CODEC_REGISTRY.get(codec)
     size = settings["crop_size"]
     if size < codec_cls.pad_multiple or size % codec_cls.pad_multiple:
@@ -223,6 +234,13 @@ def train_quality(codec: str, quality: int, settings: Dict[str, Any], iterations
                     "no training state" if state is None else f"{start} iterations")
         return final
     model = _build(codec_cls, quality, settings["seed"]).train()
+    if state is None and init is not None:
+        try:
+            model.load_state_dict(load_state_dict_file(init))
+        except RuntimeError as e:  # shapes differ: the zoo changes width between qualities
+            raise ValueError(f"{codec} q{quality} cannot start from {init} (another "
+                             f"architecture): {str(e).splitlines()[0]}") from e
+        logger.info("%s q%d: starting from %s", codec, quality, init)
     optimizer, aux_optimizer = _optimizers(model, settings["lr"], settings["aux_lr"])
     if state is not None:
         model.load_state_dict(state["model"])
@@ -295,6 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if q not in lambdas and q not in DEFAULT_LAMBDAS:
             problems.append(f"quality {q} has no default lambda: give --lmbda")
         lambdas.setdefault(q, DEFAULT_LAMBDAS.get(q))
+    if args.finetune_iterations < 0:
+        problems.append("--finetune-iterations must be >= 0")
     for name in ("iterations", "batch_size", "clip_length", "checkpoint_period", "log_period"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
@@ -307,18 +327,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     videos = load_videos(args.dataset)
     logger.info("%s: %d videos, %d frames", args.dataset, len(videos), sum(map(len, videos)))
+    previous = None  # the chain's previous final checkpoint (--finetune-iterations)
     for q in args.qualities:
+        init = previous if args.finetune_iterations > 0 else None
         settings = {"dataset": args.dataset, "lmbda": lambdas[q], "batch_size": args.batch_size,
                     "clip_length": args.clip_length, "crop_size": args.crop_size, "lr": args.lr,
                     "aux_lr": args.aux_lr, "clip_max_norm": args.clip_max_norm,
-                    "seed": args.seed}
+                    "seed": args.seed, "init": None if init is None else os.path.basename(init)}
+        iterations = args.iterations if init is None else args.finetune_iterations
         try:
-            path = train_quality(args.codec, q, settings, args.iterations, args.output, videos,
-                                 args.checkpoint_period, args.log_period, not args.no_progress)
+            path = train_quality(args.codec, q, settings, iterations, args.output, videos,
+                                 args.checkpoint_period, args.log_period, not args.no_progress,
+                                 init=init)
         except ValueError as e:  # a crop the model cannot code, a state of other settings
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{args.codec} q{q} (lambda {lambdas[q]}): {path}")
+        previous = path
     return 0
 
 

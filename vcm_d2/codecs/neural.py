@@ -24,7 +24,7 @@ from .base import CODEC_REGISTRY, Codec, check_decode_args, pad_frame, padded_si
 
 __all__ = ["LearnedCodec", "Cheng2020AnchorCodec", "Bmshj2018HyperpriorCodec",
            "load_state_dict_file", "checkpoint_path", "torch_threads", "image_to_tensor",
-           "tensor_to_image", "CHECKPOINT_NAME"]
+           "tensor_to_image", "CHECKPOINT_NAME", "learned_codec_options"]
 
 FRAME_HEADER = struct.Struct("<BHHB")
 STRING_LENGTH = struct.Struct("<I")
@@ -45,6 +45,28 @@ def checkpoint_path(weights: str, quality: int) -> str:
     if os.path.isdir(weights):
         return os.path.join(weights, CHECKPOINT_NAME.format(quality=quality))
     return weights.format(quality=quality)
+
+
+def learned_codec_options(spec: str, qualities: Sequence[int],
+                          shared: Mapping[str, Any] = ()) -> Tuple[str, Dict[str, Any]]:
+    """(codec name, options) from ``"NAME=WEIGHTS"``: a registered learned codec and its trained
+    checkpoints (absolute path, as pair manifests record it); every quality's checkpoint must
+    exist. ``shared`` options (e.g. ``gop``) are kept where the codec's constructor takes them."""
+    import inspect
+
+    name, sep, weights = spec.partition("=")
+    if not sep or not weights:
+        raise ValueError(f"expected NAME=WEIGHTS (a learned codec and its checkpoints), got {spec!r}")
+    if name not in CODEC_REGISTRY or not issubclass(CODEC_REGISTRY.get(name), LearnedCodec):
+        learned = sorted(n for n, c in CODEC_REGISTRY if issubclass(c, LearnedCodec))
+        raise ValueError(f"{name!r} is not a learned codec; learned codecs: {', '.join(learned)}")
+    weights = os.path.abspath(weights)
+    missing = [p for p in (checkpoint_path(weights, q) for q in qualities) if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{name}: no checkpoint {', '.join(missing)} (train them with "
+                                "tools/train_learned_codec.py)")
+    accepted = inspect.signature(CODEC_REGISTRY.get(name)).parameters
+    return name, {**{k: v for k, v in dict(shared).items() if k in accepted}, "weights": weights}
 
 
 def load_state_dict_file(path: str) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 try:
     import fcntl
@@ -293,10 +293,13 @@ class Run:
             return evaluate(cfg, weights, datasets, cache)
 
     def compress(self, splits: Sequence[str], codecs: Sequence[str],
-                 qualities_of: Callable[[str], Sequence[float]], codec_options: Mapping,
+                 qualities_of: Callable[[str], Sequence[float]],
+                 codec_options: Union[Mapping, Callable[[str], Mapping]],
                  workers: int, step: str) -> Dict[Tuple[str, str], List[str]]:
         """Pair datasets of every split, codec and its qualities under ``compressed_root``;
-        {(split, codec): [names in quality order]}."""
+        {(split, codec): [names in quality order]}. ``codec_options``: the same for every
+        codec, or a function of the codec's name (e.g. a learned codec's weights)."""
+        options_of = codec_options if callable(codec_options) else lambda codec: codec_options
         root = self.compressed_root
         names = {}
         with folder_lock(root):  # another process compressing the same sets: wait, then reuse
@@ -304,5 +307,5 @@ class Run:
             with self.times.step(step, done):
                 for codec in codecs:
                     names.update(compress_pairs(splits, [codec], qualities_of(codec), root,
-                                                codec_options, workers))
+                                                options_of(codec), workers))
         return names
