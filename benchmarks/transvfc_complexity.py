@@ -307,7 +307,7 @@ class TransVFCCoder:
     def encode(self, index: int, reference=None) -> bytes:
         m = self.model
         record, _, _ = m.codec.compress_frame(m.image_to_feature(self.images[index]), m.split.rest,
-                                              reference)
+                                              reference, restore=False)
         return encode_frame(record)
 
     def decode(self, index: int, reference=None) -> torch.Tensor:

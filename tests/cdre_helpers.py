@@ -2,19 +2,12 @@
 sys.path)."""
 import torch
 
-from vcm_d2.engine import get_vcm_cfg
 from vcm_d2.modeling.cdre.embedding import CrossAttentionFusion
+
+from config_helpers import load_cfg  # noqa: F401  (the CDRE tests import it from here)
 
 # Channels and stride of the binary map y_hat (the CDRE defaults).
 LATENT, STRIDE = 6, 32
-
-
-def load_cfg(path, *opts):
-    """A config file with no weights, on CPU, plus ``opts``."""
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def num_params(module):

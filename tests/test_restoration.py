@@ -10,13 +10,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vcm_d2.engine import VCMTrainer, get_vcm_cfg
+from vcm_d2.engine import VCMTrainer
 from vcm_d2.modeling.restoration import (
     RESTORATION_PREFIX,
     ArtifactRemovalCNN,
     restoration_loss,
 )
 from vcm_d2.pipeline.methods import CDRE_FASTER_RCNN_R50_FPN, SYNTHETIC_DETECTION
+
+from config_helpers import load_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,13 +34,6 @@ def _clean_and_restore_paths(table, folder):
 PAIRS = {"R18_slim": _clean_and_restore_paths(SYNTHETIC_DETECTION, SYNTHETIC),
          "R50_FPN": _clean_and_restore_paths(CDRE_FASTER_RCNN_R50_FPN, CDRE)}
 SIZES = [(96, 128), (97, 131)]  # one multiple of 32 and one odd size
-
-
-def _cfg(path, *opts):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def _is_restoration(name):
@@ -66,8 +61,8 @@ def _clean_and_restore(*opts):
     """(slim clean detector, RestoreThenDetect with its weights), both in eval mode."""
     torch.manual_seed(0)
     clean_path, restore_path = PAIRS["R18_slim"]
-    clean = VCMTrainer.build_model(_cfg(clean_path)).eval()
-    model = VCMTrainer.build_model(_cfg(restore_path, *opts)).eval()
+    clean = VCMTrainer.build_model(load_cfg(clean_path)).eval()
+    model = VCMTrainer.build_model(load_cfg(restore_path, *opts)).eval()
     missing, unexpected = model.load_state_dict(clean.state_dict(), strict=False)
     assert not unexpected and missing and all(_is_restoration(k) for k in missing)
     return clean, model
@@ -96,21 +91,21 @@ def test_config_and_method_tables(tmp_path):
                                          train_sets=["a@x264_q17"])
     assert cfg.MODEL.META_ARCHITECTURE == "RestoreThenDetect" and cfg.VCM.PAIRS.LOAD_ORIGINAL
     assert list(cfg.MODEL.VCM.TRAINABLE) == [RESTORATION_PREFIX]
-    real = _cfg(PAIRS["R50_FPN"][1])
+    real = load_cfg(PAIRS["R50_FPN"][1])
     assert (real.MODEL.VCM.RESTORATION.WIDTH, real.MODEL.VCM.RESTORATION.DEPTH) == (64, 8)  # the defaults
     assert real.MODEL.VCM.RESTORATION.TASK_LOSS_WEIGHT == 0.0
     with pytest.raises(ValueError, match="LOSS must be one of"):
-        VCMTrainer.build_model(_cfg(PAIRS["R18_slim"][1], "MODEL.VCM.RESTORATION.LOSS", "SSIM"))
+        VCMTrainer.build_model(load_cfg(PAIRS["R18_slim"][1], "MODEL.VCM.RESTORATION.LOSS", "SSIM"))
     with pytest.raises(ValueError, match="not both 0"):
-        VCMTrainer.build_model(_cfg(PAIRS["R18_slim"][1], "MODEL.VCM.RESTORATION.LOSS_WEIGHT", 0.0))
+        VCMTrainer.build_model(load_cfg(PAIRS["R18_slim"][1], "MODEL.VCM.RESTORATION.LOSS_WEIGHT", 0.0))
 
 
 # ---------------------------------------------------------------------------- checkpoints / identity
 @pytest.mark.parametrize("version", sorted(PAIRS))
 def test_clean_checkpoint_loads_with_only_restoration_missing(version, tmp_path):
     torch.manual_seed(0)
-    clean = VCMTrainer.build_model(_cfg(PAIRS[version][0]))
-    model = VCMTrainer.build_model(_cfg(PAIRS[version][1]))
+    clean = VCMTrainer.build_model(load_cfg(PAIRS[version][0]))
+    model = VCMTrainer.build_model(load_cfg(PAIRS[version][1]))
     clean_sd, model_sd = clean.state_dict(), model.state_dict()
     assert not set(clean_sd) - set(model_sd)  # every detector parameter keeps its name
     new = set(model_sd) - set(clean_sd)
@@ -166,7 +161,7 @@ def test_inference_ignores_the_original_and_training_needs_it():
 
 # ---------------------------------------------------------------------------- training
 def _trainer_parts(*opts):
-    cfg = _cfg(PAIRS["R18_slim"][1], *opts)
+    cfg = load_cfg(PAIRS["R18_slim"][1], *opts)
     torch.manual_seed(0)
     model = VCMTrainer.build_model(cfg).train()
     return model, VCMTrainer.build_optimizer(cfg, model)

@@ -8,19 +8,18 @@ from detectron2.solver import build_lr_scheduler
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ConstantParamScheduler
 
-from vcm_d2.engine import VCMTrainer, build_vcm_optimizer, freeze_parameters, get_vcm_cfg
+from vcm_d2.engine import VCMTrainer, build_vcm_optimizer, freeze_parameters
 from vcm_d2.engine.trainer import lr_factor_func, train_only
 from vcm_d2.solver import LR_SCHEDULER_REGISTRY
+
+from config_helpers import load_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIM = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_R18_slim.yaml")
 
 
 def _cfg(*opts):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(SLIM)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return load_cfg(SLIM, *opts)
 
 
 def test_freeze_backbone_only():

@@ -185,6 +185,20 @@ def test_compress_decompress_bit_exact(size, perception):
     assert torch.equal(right, decoded[2])
 
 
+def test_encoder_without_restoration_writes_the_same_stream(perception):
+    """``restore=False`` (an encoder that only writes the stream) skips R^-1 of the decoded
+    feature: identical records and references, no decoded feature."""
+    codec = _codec().eval()
+    codec.update(force=True)
+    feats = _features(3, 16, 24)
+    records, _ = codec.compress(feats, perception)
+    reference = None
+    for t, feature in enumerate(feats):
+        record, decoded, reference = codec.compress_frame(
+            feature, perception, None if t == 0 else reference, restore=False)
+        assert decoded is None and record == records[t]
+
+
 def test_compress_batch_of_two(perception):
     codec = _codec().eval()
     codec.update(force=True)

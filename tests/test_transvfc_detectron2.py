@@ -22,7 +22,7 @@ from torch import nn
 
 from vcm_d2.data.clip_mapper import ClipDatasetMapper, build_clip_train_loader, to_video_dicts
 from vcm_d2.data.synthetic import SyntheticSpec, render_video
-from vcm_d2.engine import VCMTrainer, get_vcm_cfg
+from vcm_d2.engine import VCMTrainer
 from vcm_d2.modeling.transvfc import (
     CODEC_STAGES,
     TRANSVFC_TASK_REGISTRY,
@@ -37,6 +37,8 @@ from vcm_d2.modeling.vis import VideoInstanceSegmentor
 from vcm_d2.utils.tensor_io import load_tensors
 from vcm_d2.utils.video import iter_video_frames
 
+from config_helpers import load_cfg
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 SLIM = os.path.join(CONFIGS, "synthetic", "transvfc_base_slim.yaml")
@@ -50,10 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(path=SLIM, *opts):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return load_cfg(path, *opts)
 
 
 def _model(path=SLIM, *opts, seed=0, train=False):

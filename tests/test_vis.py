@@ -21,10 +21,12 @@ from vcm_d2.data.clip_mapper import (
     to_video_dicts,
 )
 from vcm_d2.data.synthetic import VAL_SPEC, load_synthetic_videos, render_video
-from vcm_d2.engine import VCMTrainer, VideoPredictor, get_vcm_cfg
+from vcm_d2.engine import VCMTrainer, VideoPredictor
 from vcm_d2.modeling.transvfc import FST_TABLE2_WEIGHTS
 from vcm_d2.modeling.transvfc.tasks import VIS_DETECTOR_PREFIX, MaskRCNNTail
 from vcm_d2.modeling.vis import DETECTOR_PREFIX, VideoTracks
+
+from config_helpers import load_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = os.path.join(REPO, "configs", "synthetic")
@@ -38,16 +40,9 @@ TRACKER_ARGS = {"track_iou_threshold": 0.5, "max_lost_frame_count": 0}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _cfg(path, *opts):
-    cfg = get_vcm_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
-
-
 def _model(path, *opts, seed=0):
     torch.manual_seed(seed)
-    return VCMTrainer.build_model(_cfg(path, *opts))
+    return VCMTrainer.build_model(load_cfg(path, *opts))
 
 
 def _frame_output(objs, size, scores=None):
@@ -139,7 +134,7 @@ def test_track_category_vote_score_and_rates():
 
 # ------------------------------------------------------------------ the meta-architecture
 def test_vis_model_trains_on_clips_and_segments_whole_videos():
-    cfg = _cfg(VIS_SLIM, "SOLVER.IMS_PER_BATCH", "2")
+    cfg = load_cfg(VIS_SLIM, "SOLVER.IMS_PER_BATCH", "2")
     model = _model(VIS_SLIM).train()
     batch = next(iter(build_clip_train_loader(cfg)))
     assert [len(c["frames"]) for c in batch] == [2, 2]
@@ -166,7 +161,7 @@ def test_vis_model_trains_on_clips_and_segments_whole_videos():
 
 
 def test_checkpoint_of_the_per_frame_network_loads(tmp_path, caplog):
-    plain_cfg = _cfg(VIS_SLIM, "MODEL.META_ARCHITECTURE", "GeneralizedRCNN")
+    plain_cfg = load_cfg(VIS_SLIM, "MODEL.META_ARCHITECTURE", "GeneralizedRCNN")
     torch.manual_seed(1)
     plain = VCMTrainer.build_model(plain_cfg).eval()
     path = str(tmp_path / "mask_rcnn.pth")
@@ -212,7 +207,7 @@ def _fake_clip(cfg, size=(64, 64), seed=0):
 
 @pytest.mark.parametrize("path", VIS_CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_vis_config_trains_one_iteration_and_segments_a_video(path):
-    cfg = _cfg(path)
+    cfg = load_cfg(path)
     model = _model(path).train()
     optimizer = VCMTrainer.build_optimizer(cfg, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -241,7 +236,7 @@ def test_every_vis_config_trains_one_iteration_and_segments_a_video(path):
 def test_transvfc_instance_tail_is_the_mask_rcnn(tmp_path):
     assert VIS_DETECTOR_PREFIX == DETECTOR_PREFIX
     torch.manual_seed(2)
-    vis = VCMTrainer.build_model(_cfg(VIS_SLIM)).eval()
+    vis = VCMTrainer.build_model(load_cfg(VIS_SLIM)).eval()
     path = str(tmp_path / "vis.pth")
     torch.save({"model": vis.state_dict()}, path)  # keys under "detector."
     opts = ["MODEL.VCM.TRANSVFC.TASK.INSTANCE_SEG.WEIGHTS", path]
@@ -274,7 +269,7 @@ def _bgr_frames(n, video_index=0):
 
 
 def test_video_predictor_transvfc_bits_equal_a_whole_stream_encode():
-    cfg = _cfg(os.path.join(SYNTH, "transvfc_stage2_slim_detection.yaml"),
+    cfg = load_cfg(os.path.join(SYNTH, "transvfc_stage2_slim_detection.yaml"),
                "MODEL.VCM.TRANSVFC.GOP", "3")
     torch.manual_seed(0)
     predictor = VideoPredictor(cfg)
@@ -295,7 +290,7 @@ def test_video_predictor_transvfc_bits_equal_a_whole_stream_encode():
 
 
 def test_video_predictor_cdre_sender_and_receiver_agree():
-    cfg = _cfg(os.path.join(SYNTH, "cdre_mask_rcnn_R18_slim_ours.yaml"))
+    cfg = load_cfg(os.path.join(SYNTH, "cdre_mask_rcnn_R18_slim_ours.yaml"))
     torch.manual_seed(0)
     sender = VideoPredictor(cfg)
     receiver = VideoPredictor(cfg)
@@ -315,7 +310,7 @@ def test_video_predictor_cdre_sender_and_receiver_agree():
 
 
 def test_video_predictor_tracks_equal_whole_video_inference():
-    cfg = _cfg(VIS_SLIM)
+    cfg = load_cfg(VIS_SLIM)
     torch.manual_seed(3)
     predictor = VideoPredictor(cfg)
     video = next(iter(build_video_test_loader(cfg, "vcm_synth_vis_val")))[0]
@@ -328,12 +323,12 @@ def test_video_predictor_tracks_equal_whole_video_inference():
         whole = predictor.model([video])[0]
     assert predictor.tracks() == whole
     with pytest.raises(ValueError, match="VideoInstanceSegmentor"):
-        VideoPredictor(_cfg(os.path.join(SYNTH, "faster_rcnn_R18_slim.yaml"))).tracks()
+        VideoPredictor(load_cfg(os.path.join(SYNTH, "faster_rcnn_R18_slim.yaml"))).tracks()
 
 
 # ------------------------------------------------------------------ video data errors
 def test_video_data_errors_name_the_video(tmp_path):
-    cfg = _cfg(VIS_SLIM)
+    cfg = load_cfg(VIS_SLIM)
     videos = load_synthetic_videos(VAL_SPEC)[:1]
     video = dict(videos[0], video_id=77)
     with pytest.raises(ValueError, match="video 77: annotations has 11 entries for 12 frames"):
@@ -401,7 +396,7 @@ def test_video_test_loader_splits_whole_videos_across_ranks_and_workers(monkeypa
     worker processes map the same videos."""
     from detectron2.utils import comm
 
-    cfg = _cfg(VIS_SLIM, "DATALOADER.NUM_WORKERS", "2")
+    cfg = load_cfg(VIS_SLIM, "DATALOADER.NUM_WORKERS", "2")
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     seen = []
     for rank in range(2):

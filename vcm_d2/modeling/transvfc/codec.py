@@ -287,11 +287,14 @@ class TransVFCCodec(CompressionModel):
     # ------------------------------------------------------------------ entropy coding
     @torch.no_grad()
     def compress_frame(self, feature: Tensor, perception: Optional[PerceptionFn] = None,
-                       reference: Optional[Tensor] = None) -> Tuple[dict, Tensor, Tensor]:
+                       reference: Optional[Tensor] = None, restore: bool = True
+                       ) -> Tuple[dict, Optional[Tensor], Tensor]:
         """Code one frame: an I-frame if ``reference`` is None, else a P-frame.
 
         Returns (record, decoded N x 256 x H x W feature, new reference). The reference is the
-        decoder's padded reduced feature f^_t; pass it to the next call."""
+        decoder's padded reduced feature f^_t; pass it to the next call. ``restore=False``: an
+        encoder that only writes the stream skips the channel restoration R^-1(f^_t) (the next
+        frame predicts from f^_t) and gets None as the decoded feature."""
         self._check_feature(feature)
         size = tuple(feature.shape[-2:])
         x = pad_to_multiple(feature, self.pad_multiple)
@@ -308,7 +311,8 @@ class TransVFCCodec(CompressionModel):
             strings = m_strings + r_strings
             ftype = "P"
         record = {"type": ftype, "strings": strings, "shape": size}
-        return record, crop_to(self.channel_restoration(f_hat), size), f_hat
+        decoded = crop_to(self.channel_restoration(f_hat), size) if restore else None
+        return record, decoded, f_hat
 
     @torch.no_grad()
     def decompress_frame(self, record: Mapping, perception: Optional[PerceptionFn] = None,

@@ -174,8 +174,8 @@ class FeatureStreamCoder:
         records, decoded, reference = [], [], None
         for t, feature in enumerate(features):
             ref = None if self.codec.frame_type(t) == "I" else reference
-            record, feature_hat, reference = self.codec.compress_frame(feature, self.split.rest,
-                                                                       ref)
+            record, feature_hat, reference = self.codec.compress_frame(
+                feature, self.split.rest, ref, restore=return_features)
             records.append(record)
             if return_features:
                 decoded.append(feature_hat)
