@@ -307,3 +307,31 @@ def test_a_copied_output_folder_still_resumes(tmp_path):
     other.MODEL.WEIGHTS = str(tmp_path / "elsewhere.pth")
     with pytest.raises(ValueError, match="delete that folder"):
         steps.train(other)
+
+
+def test_transvfc_stage2_models_are_split_between_processes(tmp_path, monkeypatch):
+    """Stage-2 models are independent: one whose folder another process holds is trained after
+    the others; the models come back in lambda_R order."""
+    import subprocess
+    import sys
+
+    from vcm_d2.pipeline import Run
+    from vcm_d2.pipeline.transvfc import stage1_cfg, stage2_cfg, train_stage2
+
+    run = Run(str(tmp_path), CONFIG_DIR, threads=1)
+    stage1 = [stage1_cfg(run, lam, 10, "") for lam in (256, 32, 4)]
+    trained = []
+    monkeypatch.setattr(run, "train", lambda cfg, step: trained.append(step) or step)
+    held = stage2_cfg(run, "detection", stage1[0], 10, {}).OUTPUT_DIR  # lambda_R 256's FST
+    os.makedirs(held)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.0)",
+         os.path.join(held, steps.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        models = train_stage2(run, "detection", stage1, 10, {})
+    finally:
+        holder.wait(timeout=30)
+    assert trained == [f"stage2_detection_lambda{lam}" for lam in (32, 4, 256)]
+    assert [w for _, w in models] == [f"stage2_detection_lambda{lam}" for lam in (256, 32, 4)]

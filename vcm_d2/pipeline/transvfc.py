@@ -9,7 +9,7 @@ from ..evaluation.results import RateTaskCurve
 from .methods import ANCHOR_METHOD, scale_schedule
 from .rate_task import DEFAULT_QUALITIES, DEFAULT_VVC_QUALITIES
 from .report import curve_from, figure_points, figure_rows
-from .run import Run
+from .run import Run, run_each_locked
 
 __all__ = [
     "DEFAULT_LAMBDAS", "PIXEL_METHOD", "PIXEL_QUALITIES", "PIXEL_VVC_QUALITIES", "TASKS", "TASK_NETWORK_CONFIG", "TRANSVFC",
@@ -131,13 +131,14 @@ def train_stage1(run: Run, lambdas: Sequence[float], first_iters: int, finetune_
 
 def train_stage2(run: Run, task: str, stage1: Sequence, iters: int,
                  task_weights: Mapping[str, str]) -> List[Tuple]:
-    """Stage-2 (FST) models of ``task``, one per stage-1 model: [(cfg, weights)]."""
-    models = []
-    for cfg1 in stage1:
-        cfg = stage2_cfg(run, task, cfg1, iters, task_weights)
-        step = f"stage2_{task}_lambda{cfg1.MODEL.VCM.TRANSVFC.LAMBDA_R:g}"
-        models.append((cfg, run.train(cfg, step)))
-    return models
+    """Stage-2 (FST) models of ``task``, one per stage-1 model: [(cfg, weights)]. They are
+    independent: processes started with the same command split them (a lock per model folder),
+    unlike stage 1's chain."""
+    def one(cfg):
+        return cfg, run.train(cfg, f"stage2_{task}_lambda{cfg.MODEL.VCM.TRANSVFC.LAMBDA_R:g}")
+
+    cfgs = [stage2_cfg(run, task, cfg1, iters, task_weights) for cfg1 in stage1]
+    return run_each_locked(cfgs, lambda cfg: cfg.OUTPUT_DIR, one)
 
 
 def transvfc_curve(run: Run, task: str, models: Sequence[Tuple], val_set: str, meta: Dict,
