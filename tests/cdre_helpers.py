@@ -4,8 +4,6 @@ import torch
 
 from vcm_d2.modeling.cdre.embedding import CrossAttentionFusion
 
-from config_helpers import load_cfg  # noqa: F401  (the CDRE tests import it from here)
-
 # Channels and stride of the binary map y_hat (the CDRE defaults).
 LATENT, STRIDE = 6, 32
 

@@ -18,7 +18,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 
-from cdre_helpers import load_cfg
+from config_helpers import load_cfg
 from vcm_d2.data.synthetic import KEYPOINT_OKS_SIGMAS
 from vcm_d2.engine import VCMTrainer, VideoPredictor
 from vcm_d2.modeling.cdre import (

@@ -16,7 +16,8 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.swin import SwinTransformer
 from torchvision.ops import StochasticDepth
 
-from cdre_helpers import LATENT, STRIDE, activate_cross_attention, ceil_div, load_cfg, num_params, random_batch
+from cdre_helpers import LATENT, STRIDE, activate_cross_attention, ceil_div, num_params, random_batch
+from config_helpers import load_cfg
 from vcm_d2.engine import VCMTrainer
 from vcm_d2.modeling.cdre import (
     CDREDecoderSide,

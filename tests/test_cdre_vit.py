@@ -15,7 +15,8 @@ from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-from cdre_helpers import STRIDE, activate_cross_attention, ceil_div, load_cfg, num_params, random_batch
+from cdre_helpers import STRIDE, activate_cross_attention, ceil_div, num_params, random_batch
+from config_helpers import load_cfg
 from vcm_d2.engine import VCMTrainer
 from vcm_d2.modeling.cdre import CDREDecoderSide, CDRESimpleFeaturePyramid, CDREViT
 from vcm_d2.modeling.cdre.embedding import CrossAttentionFusion

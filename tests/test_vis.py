@@ -270,7 +270,7 @@ def _bgr_frames(n, video_index=0):
 
 def test_video_predictor_transvfc_bits_equal_a_whole_stream_encode():
     cfg = load_cfg(os.path.join(SYNTH, "transvfc_stage2_slim_detection.yaml"),
-               "MODEL.VCM.TRANSVFC.GOP", "3")
+                   "MODEL.VCM.TRANSVFC.GOP", "3")
     torch.manual_seed(0)
     predictor = VideoPredictor(cfg)
     frames = _bgr_frames(5)
