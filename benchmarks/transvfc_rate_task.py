@@ -21,6 +21,11 @@ instance segmentation (YouTube-VIS AP, slim Mask R-CNN + tracker, whole videos):
 Resumable: every compression, training and evaluation is skipped when already done. To reuse
 `make demo`'s clean detector, copy its clean/ folder into OUTPUT (same --train-iters).
 
+With several --seeds, steps 2-5 run once per seed in OUTPUT/seed<k>/ (the compressed sets are
+shared) and OUTPUT/report.md gives each BD value of TransVFC against each pixel codec as
+mean ± sd with the per-seed values (also in OUTPUT/seed_spread.json). A second process started
+with the same command takes the seeds the first is not working on.
+
     python benchmarks/transvfc_rate_task.py --output output/transvfc_rate_task
 """
 import argparse
@@ -36,9 +41,12 @@ from vcm_d2.evaluation.report import write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
-from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
+from vcm_d2.evaluation.report import REPORT_NAME
+from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS, SEED_DIR, SPREAD_FILE
 from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_figures
-from vcm_d2.pipeline.run import register_joined_pairs
+from vcm_d2.pipeline.run import COMPRESSED_DIR, register_joined_pairs, run_each_locked
+from vcm_d2.pipeline.seeds import SeedSpread, bd_values_against
+from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_METHOD, PIXEL_QUALITIES,
                                       PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, figure_rows_vs_pixels, pixel_cfg, train_stage1,
                                       train_stage2, train_task_networks, transvfc_curve)
@@ -82,7 +90,9 @@ def parse_args(argv=None):
     p.add_argument("--learned-qualities", nargs="+", type=int, default=[1, 2, 3, 4, 5],
                    help="quality indices of the learned codecs (one checkpoint each)")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
-    p.add_argument("--seed", type=int, default=0, help="seed of every training; < 0: random")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="seeds of every training (< 0: random); several: each seed trains every "
+                        "network once in OUTPUT/seed<k>/, BD values as mean ± sd over them")
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: all cores). Bit-exact decoding of a TransVFC stream "
@@ -109,14 +119,47 @@ def compress_val(run: Run, codecs: Sequence[str], qualities_of, options_of,
 
 def main(argv=None):
     args = parse_args(argv)
-    run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
     lambdas = list(args.lambdas)
     if len(set(lambdas)) != len(lambdas) or len(lambdas) < 2:
         raise ValueError(f"--lambdas needs at least two distinct values, got {lambdas}")
-
     learned = dict(learned_codec_options(spec, args.learned_qualities, {"gop": args.gop})
                    for spec in args.learned)
     codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
+    if len(args.seeds) == 1:
+        return run_seed(args, args.seeds[0], args.output, "", learned, codecs)[0]
+    out = os.path.abspath(args.output)
+    seed_dir = lambda seed: os.path.join(out, SEED_DIR.format(seed))  # noqa: E731
+    per_seed = run_each_locked(args.seeds, seed_dir, lambda seed: run_seed(
+        args, seed, seed_dir(seed), os.path.join(out, COMPRESSED_DIR), learned, codecs))
+    return spread_report(out, args.seeds, [r for r, _ in per_seed],
+                         [c for _, c in per_seed], codecs)
+
+
+def spread_report(out: str, seeds: Sequence[int], reports: Sequence[str],
+                  curves: Sequence[Sequence], codecs: Sequence[str]) -> str:
+    """OUTPUT/report.md over the seeds: BD values of TransVFC against each pixel codec as
+    mean ± sd, with the per-seed values and reports."""
+    spread = SeedSpread(seeds, [bd_values_against(c, TRANSVFC, codecs) for c in curves])
+    atomic_write_json(os.path.join(out, SPREAD_FILE), spread.to_dict())
+    links = ", ".join(f"[seed {s}]({os.path.relpath(r, out)})" for s, r in zip(seeds, reports))
+    lines = [f"# TransVFC vs pixel codecs over {len(seeds)} seeds", "",
+             "BD-rate / BD-metric (pchip) of TransVFC (method column) against each pixel codec "
+             "(codec column) on the same frames; every network (clean detector, task networks, "
+             f"stage 1 and 2) is trained once per seed. Per-seed reports (points, overlaps, "
+             f"curves, timings): {links}; values in `{SPREAD_FILE}`.", ""]
+    lines += spread.table()
+    path = os.path.join(out, REPORT_NAME)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    logger.info("report written to %s", path)
+    return path
+
+
+def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
+             codecs: Sequence[str]):
+    """Steps 1-5 with one seed in ``output``: (report path, curves)."""
+    run = Run(output, CONFIG_DIR, ["SEED", seed] + list(args.opts), args.threads,
+              compressed_root)
+    lambdas = list(args.lambdas)
 
     def qualities_of(codec):
         if codec in learned:
@@ -192,7 +235,7 @@ def main(argv=None):
                           title="TransVFC vs pixel codecs (synthetic benchmark)",
                           preamble="\n".join(lines))
     logger.info("report written to %s", report)
-    return report
+    return report, curves
 
 
 if __name__ == "__main__":

@@ -73,6 +73,43 @@ def test_seed_spread_on_hand_made_curves(tmp_path):
     assert "- vis x264: BD-rate of full_ft and ours do not overlap (mean ± sd)" in lines
 
 
+def test_transvfc_rate_task_seeds_give_the_spread_against_each_pixel_codec(tmp_path, monkeypatch):
+    """--seeds: one run per seed in OUTPUT/seed<k>/ sharing OUTPUT/compressed, then BD values of
+    TransVFC against each pixel codec as mean ± sd (0.5x / 0.8x x264's rate: -50 / -20 %)."""
+    from vcm_d2.evaluation.results import RateTaskCurve
+
+    tvfc = load_tool("transvfc_rate_task", "benchmarks")
+    rates, metrics = [0.1, 0.2, 0.4, 0.8], [10.0, 20.0, 28.0, 33.0]
+    calls = []
+
+    def fake_run_seed(args, seed, output, compressed_root, learned, codecs):
+        calls.append((seed, output, compressed_root, list(codecs)))
+        curves = []
+        for codec, factor in (("x264", 1.0), ("x265", 0.5), ("transvfc", {0: 0.5, 1: 0.8}[seed])):
+            points = [{"quality": q, "bpp": r * factor, "metric": m}
+                      for q, (r, m) in enumerate(zip(rates, metrics))]
+            curves.append(RateTaskCurve(f"{codec}/m", "detection", "AP", codec, "m", points))
+        return os.path.join(output, "report.md"), curves
+
+    monkeypatch.setattr(tvfc, "run_seed", fake_run_seed)
+    report = tvfc.main(["--output", str(tmp_path), "--seeds", "0", "1", "--codecs", "x264",
+                        "x265"])
+    assert [c[0] for c in calls] == [0, 1]
+    assert [c[1] for c in calls] == [str(tmp_path / "seed0"), str(tmp_path / "seed1")]
+    assert {c[2] for c in calls} == {str(tmp_path / "compressed")}
+    text = open(report).read()
+    x264 = next(line for line in text.splitlines() if "| detection | x264 | transvfc |" in line)
+    assert "-35.0 ± 21.2" in x264 and "-50.0, -20.0" in x264
+    x265 = next(line for line in text.splitlines() if "| detection | x265 | transvfc |" in line)
+    assert "+30.0 ± 42.4" in x265 and "+0.0, +60.0" in x265
+    spread = json.loads((tmp_path / "seed_spread.json").read_text())
+    assert spread["seeds"] == [0, 1] and len(spread["values"]) == 2
+    # one seed: the run itself in OUTPUT, no spread
+    calls.clear()
+    tvfc.main(["--output", str(tmp_path / "one"), "--codecs", "x264"])
+    assert calls == [(0, str(tmp_path / "one"), "", ["x264"])]
+
+
 def test_clean_seed_spread_trains_each_length_and_seed_once(tmp_path, capsys):
     from catalog_helpers import shortened
 

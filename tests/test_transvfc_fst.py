@@ -61,6 +61,43 @@ def test_branch_ablations():
         assert sum(p.numel() for p in fst.parameters()) < n_full
 
 
+def test_residual_fst_starts_as_identity_and_learns():
+    fst = _fst(residual=True)
+    x = torch.randn(1, 256, 15, 21)  # odd size: the padded input is cropped back
+    out = fst(x)
+    assert torch.equal(out["feature"], x)
+    assert out["coarse_image"].shape == (1, 3, 60, 84)
+    target = torch.randn_like(x)
+    torch.optim.SGD(fst.parameters(), lr=0.1).zero_grad()
+    loss = (out["feature"] - target).pow(2).mean()
+    loss.backward()
+    assert fst.correction.weight.grad.abs().sum() > 0  # zero-initialized, not frozen
+    with torch.no_grad():
+        for p in fst.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    assert float((fst(x)["feature"] - target).pow(2).mean()) < loss.item()
+
+
+def test_residual_fst_loads_a_plain_checkpoint_at_identity():
+    plain = _fst()
+    residual = _fst(residual=True)
+    result = residual.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["correction.bias", "correction.weight"]
+    assert all(k.startswith("head.") for k in result.unexpected_keys) and result.unexpected_keys
+    x = torch.randn(2, 256, 8, 8)
+    assert torch.equal(residual(x)["feature"], x)
+    for k, v in plain.state_dict().items():  # every shared layer took the checkpoint's values
+        if k in residual.state_dict():
+            assert torch.equal(residual.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("kw", [dict(out_stride=8), dict(out_channels=128)])
+def test_residual_fst_needs_the_input_shape(kw):
+    with pytest.raises(ValueError, match="residual FST needs the input's shape"):
+        _fst(residual=True, **kw)
+
+
 def test_invalid_strides():
     with pytest.raises(ValueError, match="multiple"):
         _fst(out_stride=6)

@@ -9,7 +9,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from ..evaluation.bdrate import bd_metric, bd_rate
 from ..evaluation.results import RateTaskCurve
 
-__all__ = ["SeedSpread", "bd_values", "mean_sd", "seed_spread"]
+__all__ = ["SeedSpread", "bd_values", "bd_values_against", "mean_sd", "seed_spread"]
 
 Key = Tuple[str, str, str]  # (task, codec, method)
 VALUE_NAMES = ("bd_rate", "bd_metric")
@@ -25,14 +25,34 @@ def bd_values(curves: Sequence[RateTaskCurve], anchor_method: str, method: str =
         ref = anchors.get((c.task, c.codec))
         if ref is None or c is ref:
             continue
-        values = []
-        for fn in (bd_rate, bd_metric):
-            try:
-                values.append(fn(ref.rates(), ref.metrics(), c.rates(), c.metrics(), method).value)
-            except (ValueError, RuntimeError):
-                values.append(None)
-        out[c.task, c.codec, c.method] = tuple(values)
+        out[c.task, c.codec, c.method] = _bd_pair(ref, c, method)
     return out
+
+
+def bd_values_against(curves: Sequence[RateTaskCurve], test_codec: str,
+                      anchor_codecs: Sequence[str], method: str = "pchip"
+                      ) -> Dict[Key, Tuple[Optional[float], Optional[float]]]:
+    """{(task, anchor codec, test_codec): (BD-rate %, BD-metric)} of the ``test_codec`` curve of
+    each task against the curve of each of ``anchor_codecs`` (e.g. TransVFC against every pixel
+    codec, whose curves have another codec name)."""
+    by_name = {(c.task, c.codec): c for c in curves}
+    return {(task, codec, test_codec): _bd_pair(by_name[task, codec], by_name[task, test_codec],
+                                                method)
+            for task in sorted({c.task for c in curves}) for codec in anchor_codecs
+            if (task, codec) in by_name and (task, test_codec) in by_name}
+
+
+def _bd_pair(anchor: RateTaskCurve, test: RateTaskCurve, method: str
+             ) -> Tuple[Optional[float], Optional[float]]:
+    """(BD-rate, BD-metric) of ``test`` against ``anchor``; None where undefined."""
+    values = []
+    for fn in (bd_rate, bd_metric):
+        try:
+            values.append(fn(anchor.rates(), anchor.metrics(), test.rates(), test.metrics(),
+                             method).value)
+        except (ValueError, RuntimeError):
+            values.append(None)
+    return tuple(values)
 
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, float]:

@@ -119,6 +119,9 @@ def add_transvfc_config(cfg):
     # Branch ablations (Table 6).
     T.FST.USE_UP_DOWN = True
     T.FST.USE_DOWN_UP = True
+    # Not in the paper: output = input + a zero-initialized correction, so the FST starts as the
+    # identity (fst.py); only for task features of the res2 shape. For short FST schedules.
+    T.FST.RESIDUAL = False
     # FST loss weights (eq. 7); defaults: object detection row of Table 2.
     T.FST.LAMBDA_TASK = 10.0
     T.FST.LAMBDA_X = 1024.0

@@ -16,6 +16,14 @@ of the image), each ending with ``hidden`` channels at the feature resolution:
 The branches are concatenated and a 3x3 conv (preceded by stride-2 3x3 convs when the target
 stride is coarser) gives the task feature: ``out_ch`` channels at 1/``out_stride`` of the
 image. ``use_up_down`` / ``use_down_up`` are the Table 6 ablations.
+
+``residual`` (not in the paper) adds the input to that output through a separate,
+zero-initialized last conv (``correction``): the FST starts as the identity and learns a
+correction of the decoded feature. For tasks whose feature has the res2 shape, and short
+schedules: the paper trains the FST 100k iterations; a few hundred from a random init end below
+the untransformed decoded feature, which stage 1's perception loss already fits to the upstream
+network. Checkpoints of a plain FST load into it without their last conv (``correction`` is a
+new name), so training still starts at the identity.
 """
 from typing import Dict, Optional
 
@@ -44,7 +52,7 @@ class FeatureSpaceTransform(nn.Module):
                  image_out_channels: int = 3, num_res_blocks: int = 4,
                  bottleneck_channels: int = 64, global_channels: int = 144,
                  num_global_res_blocks: int = 2, global_downsampling_steps: int = 2,
-                 use_up_down: bool = True, use_down_up: bool = True):
+                 use_up_down: bool = True, use_down_up: bool = True, residual: bool = False):
         super().__init__()
         up_steps = log2_exact(in_stride, "FST input stride")
         if out_stride % in_stride:
@@ -101,7 +109,17 @@ class FeatureSpaceTransform(nn.Module):
         for _ in range(out_steps):
             head += [conv3x3(ch, hidden_channels, stride=DOWN), act(inplace=True)]
             ch = hidden_channels
-        head.append(conv3x3(ch, out_channels))
+        last = conv3x3(ch, out_channels)
+        self.correction = None
+        if residual:
+            if out_steps or out_channels != in_channels:
+                raise ValueError(f"a residual FST needs the input's shape: {in_channels} channels "
+                                 f"at stride {in_stride}, got {out_channels} at {out_stride}")
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.correction = last
+        else:
+            head.append(last)
         self.head = nn.Sequential(*head)
 
     @classmethod
@@ -123,6 +141,7 @@ class FeatureSpaceTransform(nn.Module):
             "global_downsampling_steps": S.GLOBAL_DOWNSAMPLING_STEPS,
             "use_up_down": S.USE_UP_DOWN,
             "use_down_up": S.USE_DOWN_UP,
+            "residual": S.RESIDUAL,
         }
 
     def forward(self, x: Tensor) -> Dict[str, Optional[Tensor]]:
@@ -139,5 +158,7 @@ class FeatureSpaceTransform(nn.Module):
         if self.down_up_branch is not None:
             branches.append(self.down_up_branch(xp))
         out = self.head(torch.cat(branches, dim=1))
+        if self.correction is not None:
+            out = xp + self.correction(out)
         r = self.out_ratio
         return {"feature": crop_to(out, (-(-h // r), -(-w // r))), "coarse_image": image}
