@@ -37,19 +37,18 @@ import torch
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.codecs.neural import learned_codec_options
-from vcm_d2.evaluation.report import write_report
+from vcm_d2.evaluation.report import REPORT_NAME, write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
-from vcm_d2.evaluation.report import REPORT_NAME
 from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS, SEED_DIR, SPREAD_FILE
 from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_figures
 from vcm_d2.pipeline.run import COMPRESSED_DIR, register_joined_pairs, run_each_locked
 from vcm_d2.pipeline.seeds import SeedSpread, bd_values_against
-from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_METHOD, PIXEL_QUALITIES,
                                       PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, figure_rows_vs_pixels, pixel_cfg, train_stage1,
                                       train_stage2, train_task_networks, transvfc_curve)
+from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 VAL_SET = TASKS["detection"][1]
