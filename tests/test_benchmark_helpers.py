@@ -110,6 +110,47 @@ def test_transvfc_rate_task_seeds_give_the_spread_against_each_pixel_codec(tmp_p
     assert calls == [(0, str(tmp_path / "one"), "", ["x264"])]
 
 
+def test_transvfc_diagnose_evaluates_each_step_of_a_run_once(tmp_path, monkeypatch):
+    """transvfc_diagnose.py on a run's folder (models saved untrained): the uncoded path, each
+    stage-1 model's decoded feature (also I-frames only), the stage-2 models that exist; errors
+    for a missing stage-1 model; a rerun is served from the caches."""
+    from catalog_helpers import shortened
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from vcm_d2.engine import VCMTrainer
+    from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
+
+    diag = load_tool("transvfc_diagnose", "benchmarks")
+    run = _run(tmp_path)
+
+    def save(cfg):
+        torch.manual_seed(0)
+        os.makedirs(cfg.OUTPUT_DIR)
+        DetectionCheckpointer(VCMTrainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR).save(
+            "model_final")
+
+    save(SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path / "clean"), iters=600))
+    argv = ["--output", str(tmp_path), "--lambdas", "4", "--stage1-iters", "6",
+            "--finetune-iters", "5", "--stage2-iters", "5", "--set", "vcm_synth_test",
+            "--intra-only", "--threads", str(torch.get_num_threads()),
+            "MODEL.RPN.PRE_NMS_TOPK_TEST", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "20"]  # fast tail
+    first = bench.stage1_cfg(run, 4, 6, "")
+    save(first)
+    with pytest.raises(FileNotFoundError, match="no stage-1 model"):  # lambda_R 1 missing
+        diag.main(argv[:3] + ["1"] + argv[3:])
+    save(bench.stage2_cfg(run, "detection", first, 5, {}))
+    with shortened({"vcm_synth_test": 1}):
+        lines = diag.main(argv)
+        rows = [line.split(" | ") for line in lines if line.startswith("| ") and "---" not in line][1:]
+        assert [(r[0][2:], r[1]) for r in rows] == [
+            ("uncoded", "-"), ("decoded", "4"), ("decoded, I", "4"), ("decoded + FST", "4")]
+        assert rows[0][3] == "-" and min(float(r[3]) for r in rows[1:]) > 0  # no bits uncoded
+        monkeypatch.setattr(VCMTrainer, "test", lambda *a, **k: pytest.fail("evaluated again"))
+        assert diag.main(argv) == lines
+    report = tmp_path / "diagnose" / "vcm_synth_test" / "report.md"
+    assert report.read_text().splitlines() == lines
+
+
 def test_clean_seed_spread_trains_each_length_and_seed_once(tmp_path, capsys):
     from catalog_helpers import shortened
 

@@ -167,6 +167,32 @@ def test_pixel_inference_is_each_task_network_on_the_frame(tmp_path):
     assert torch.allclose(got[1]["sem_seg"], expected_seg, atol=1e-5)
 
 
+def test_uncoded_feature_inference_skips_only_the_codec(tmp_path):
+    """INFERENCE_INPUT "uncoded_features": res2 -> FST -> tail without coding, no bits. With a
+    residual FST at its init (the identity) that is the detector itself; a plain FST changes it."""
+    torch.manual_seed(0)
+    detector = build_model(_cfg(SLIM_DETECTOR)).eval()
+    DetectionCheckpointer(detector, save_dir=str(tmp_path)).save("detector")
+    frames = [{"image": _image(96, 128, seed=s), "height": 96, "width": 128, "video_id": 0,
+               "frame_idx": s} for s in range(2)]
+    with torch.no_grad():
+        expected = detector([dict(f) for f in frames])
+    assert sum(len(e["instances"]) for e in expected) > 0
+    for residual in (True, False):
+        model = _model(SLIM, "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", "uncoded_features",
+                       "MODEL.VCM.TRANSVFC.FST.RESIDUAL", residual, seed=1)
+        DetectionCheckpointer(model).load(str(tmp_path / "detector.pth"))
+        model.eval()
+        with torch.no_grad():
+            got = model([dict(f) for f in frames])
+        same = all(len(g["instances"]) == len(e["instances"]) and torch.allclose(
+            g["instances"].pred_boxes.tensor, e["instances"].pred_boxes.tensor, atol=1e-4)
+            for g, e in zip(got, expected))
+        assert same == residual
+        assert all("bits" not in g for g in got)
+        assert not model.stream_coder._streams  # the codec never ran
+
+
 def test_checkpoint_shape_mismatch_is_skipped_with_a_warning(tmp_path, caplog):
     torch.manual_seed(0)
     detector = build_model(_cfg(SLIM_DETECTOR, "MODEL.ROI_HEADS.NUM_CLASSES", "3"))

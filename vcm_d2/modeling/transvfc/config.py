@@ -157,7 +157,9 @@ def _add_meta_arch_config(T):
     # What the task networks see in inference: "coded_features" (TransVFC: the frame's res2
     # feature through the codec and each task's FST, bits reported per frame) or "pixels" (each
     # task network on the input frame itself, no feature coding and no bits: the anchor of a
-    # pixel codec whose decoded frames and bits come from a pair dataset).
+    # pixel codec whose decoded frames and bits come from a pair dataset) or "uncoded_features"
+    # (the res2 feature through each task's FST without the codec, no bits: what the FSTs and
+    # tails reach when coding loses nothing).
     T.INFERENCE_INPUT = "coded_features"
 
     # ------------------------------------------------------------------ tasks

@@ -67,7 +67,7 @@ __all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE"]
 logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("codec", "fst", "task")
-INFERENCE_INPUTS = ("coded_features", "pixels")
+INFERENCE_INPUTS = ("coded_features", "uncoded_features", "pixels")
 # Module (attribute) trained in each stage; every other module is frozen and kept in eval mode.
 _TRAINED_MODULE = {"codec": "codec", "fst": "fst", "task": "tasks"}
 _ALL_MODULES = ("backbone", "codec", "fst", "tasks")
@@ -400,17 +400,20 @@ class TransVFC(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def inference(self, batched_inputs: List[dict]) -> List[dict]:
-        """Code each frame for real (per-video streams, module docstring) and run every task."""
+        """Code each frame for real (per-video streams, module docstring) and run every task;
+        INFERENCE_INPUT "uncoded_features": the same without the codec (no bits)."""
         if self.inference_input == "pixels":
             return self.pixel_inference(batched_inputs)
         outputs = []
         for inp in batched_inputs:
             image = inp["image"]
             size = tuple(image.shape[-2:])
-            feature, record, bits = self.stream_coder.code_frame(
-                self.image_to_feature(image), inp.get("video_id"), inp.get("frame_idx"))
+            feature, out = self.image_to_feature(image), {}
+            if self.inference_input == "coded_features":
+                feature, record, bits = self.stream_coder.code_frame(
+                    feature, inp.get("video_id"), inp.get("frame_idx"))
+                out = {BITS: bits, "frame_type": record["type"]}
             out_size = (int(inp.get("height", size[0])), int(inp.get("width", size[1])))
-            out = {BITS: bits, "frame_type": record["type"]}
             out.update(self.run_tasks(feature, [size], [out_size])[0])
             outputs.append(out)
         return outputs

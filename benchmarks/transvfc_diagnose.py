@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Where TransVFC's detection AP goes: the models of a ``transvfc_rate_task.py`` run evaluated
+step by step along image -> res2 -> codec -> FST -> detector tail, on a set the benchmark does
+not report (default vcm_synth_test, 4x the validation frames):
+
+    uncoded        res2 -> identity FST -> tail: the clean detector through TransVFC's path
+                   (INFERENCE_INPUT uncoded_features; equals the detector itself)
+    decoded        each stage-1 model's decoded feature -> identity FST -> tail: what the codec
+                   keeps, before any FST training (a residual FST at its init)
+    decoded, I     the same with every frame an I-frame (GOP 1, --intra-only): the intra codec
+    decoded + FST  each stage-2 model, as the benchmark evaluates it (if trained)
+
+Run it with the benchmark's --output, --lambdas, iterations and overrides; it trains nothing
+(missing stage-1 models are an error, missing stage-2 models skipped) and caches every
+evaluation in OUTPUT/diagnose/<set>/. The stage-2 row is only meaningful with the configs the
+models were trained with (a checkpoint of another FST layout loads partially).
+
+    python benchmarks/transvfc_diagnose.py --output output/transvfc_rate_task --lambdas 256 32 4 1
+"""
+import argparse
+import logging
+import os
+from typing import List
+
+import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
+from vcm_d2.pipeline import Run
+from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
+from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
+from vcm_d2.pipeline.run import EVAL_CACHE_FILE, FINAL_WEIGHTS, evaluate, is_trained
+from vcm_d2.pipeline.transvfc import DEFAULT_LAMBDAS, STAGE2_CONFIG, stage1_cfg, stage2_cfg
+from vcm_d2.utils.io import atomic_write_bytes
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
+TRANSVFC = "MODEL.VCM.TRANSVFC."
+# The identity FST: a residual FST whose correction was never trained.
+IDENTITY_FST = [TRANSVFC + "FST.RESIDUAL", True]
+
+logger = logging.getLogger("vcm_d2.transvfc_diagnose")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="output folder of transvfc_rate_task.py")
+    p.add_argument("--set", default="vcm_synth_test", help="frames to evaluate on")
+    p.add_argument("--lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS),
+                   help="the benchmark's --lambdas (its chain order)")
+    p.add_argument("--stage1-iters", type=int, default=1000, help="the benchmark's --stage1-iters")
+    p.add_argument("--finetune-iters", type=int, default=300,
+                   help="the benchmark's --finetune-iters")
+    p.add_argument("--stage2-iters", type=int, default=300, help="the benchmark's --stage2-iters")
+    p.add_argument("--train-iters", type=int, default=DEFAULT_TRAIN_ITERS,
+                   help="the benchmark's --train-iters (clean detector)")
+    p.add_argument("--seed", type=int, default=0, help="the benchmark's seed")
+    p.add_argument("--intra-only", action="store_true",
+                   help="add the rows of every stage-1 model with I-frames only (GOP 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="the benchmark's config overrides, KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> List[str]:
+    args = parse_args(argv)
+    run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
+    folder = os.path.join(run.out, "diagnose", args.set)
+    clean = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"), run.extra,
+                                          iters=args.train_iters)
+    if not is_trained(clean):
+        raise FileNotFoundError(f"no clean detector in {clean.OUTPUT_DIR}: run "
+                                "benchmarks/transvfc_rate_task.py with this --output first")
+
+    def row(step, lam, weights, cfg):
+        """(step, lambda_R, AP, bpp) of ``weights`` in ``cfg``, cached in its own folder."""
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.OUTPUT_DIR = os.path.join(folder, step.replace(" ", "").replace(",", "_") + (
+            "" if lam is None else f"_lambda{lam:g}"))
+        cfg.freeze()
+        res = evaluate(cfg, weights, [args.set], os.path.join(cfg.OUTPUT_DIR, EVAL_CACHE_FILE))
+        logger.info("%s lambda_R %s: %s", step, lam, res[args.set]["bbox"]["AP"])
+        return step, lam, res[args.set]["bbox"]["AP"], res[args.set].get("rate", {}).get("bpp")
+
+    uncoded = run.cfg(STAGE2_CONFIG["detection"], "", run.extra + IDENTITY_FST + [
+        TRANSVFC + "INFERENCE_INPUT", "uncoded_features"])
+    todo = [("uncoded", None, os.path.join(clean.OUTPUT_DIR, FINAL_WEIGHTS), uncoded)]
+    for i, lam in enumerate(args.lambdas):  # every model checked before anything is evaluated
+        s1 = stage1_cfg(run, lam, args.stage1_iters if i == 0 else args.finetune_iters, "")
+        if not is_trained(s1):
+            raise FileNotFoundError(f"no stage-1 model in {s1.OUTPUT_DIR} (check --lambdas and "
+                                    "the iterations against the benchmark's)")
+        s2 = stage2_cfg(run, "detection", s1, args.stage2_iters, {})
+        for step, opts in [("decoded", [])] + (
+                [("decoded, I", [TRANSVFC + "GOP", 1])] if args.intra_only else []):
+            cfg = s2.clone()
+            cfg.defrost()
+            cfg.merge_from_list(IDENTITY_FST + opts)
+            todo.append((step, lam, os.path.join(s1.OUTPUT_DIR, FINAL_WEIGHTS), cfg))
+        if is_trained(s2):
+            todo.append(("decoded + FST", lam, os.path.join(s2.OUTPUT_DIR, FINAL_WEIGHTS), s2))
+    rows = [row(*item) for item in todo]
+
+    lines = [f"Detection AP on {args.set} of the models in {run.out} (uncoded: the clean "
+             "detector through TransVFC's path without coding).", "",
+             "| step | lambda_R | AP | bpp | AP - uncoded |", "|---|---|---|---|---|"]
+    lines += [f"| {step} | {'-' if lam is None else f'{lam:g}'} | {ap:.2f} | "
+              f"{'-' if bpp is None else f'{bpp:.4f}'} | "
+              f"{ap - rows[0][2]:+.2f} |" for step, lam, ap, bpp in rows]
+    atomic_write_bytes(os.path.join(folder, "report.md"), ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
