@@ -76,7 +76,7 @@ def test_residual_fst_starts_as_identity_and_learns():
         for p in fst.parameters():
             if p.grad is not None:
                 p -= 0.1 * p.grad
-    assert float((fst(x)["feature"] - target).pow(2).mean()) < loss.item()
+        assert float((fst(x)["feature"] - target).pow(2).mean()) < loss.item()
 
 
 def test_residual_fst_loads_a_plain_checkpoint_at_identity():
