@@ -70,10 +70,12 @@ def main(argv=None) -> List[str]:
         raise FileNotFoundError(f"no clean detector in {clean.OUTPUT_DIR}: run "
                                 "benchmarks/transvfc_rate_task.py with this --output first")
 
-    def row(step, lam, weights, cfg):
-        """(step, lambda_R, AP, bpp) of ``weights`` in ``cfg``, cached in its own folder."""
+    def row(step, lam, weights, cfg, opts=()):
+        """(step, lambda_R, AP, bpp) of ``weights`` in ``cfg`` + ``opts``, cached in its own
+        folder."""
         cfg = cfg.clone()
         cfg.defrost()
+        cfg.merge_from_list(list(opts))
         cfg.OUTPUT_DIR = os.path.join(folder, step.replace(" ", "").replace(",", "_") + (
             "" if lam is None else f"_lambda{lam:g}"))
         cfg.freeze()
@@ -92,10 +94,8 @@ def main(argv=None) -> List[str]:
         s2 = stage2_cfg(run, "detection", s1, args.stage2_iters, {})
         for step, opts in [("decoded", [])] + (
                 [("decoded, I", [TRANSVFC + "GOP", 1])] if args.intra_only else []):
-            cfg = s2.clone()
-            cfg.defrost()
-            cfg.merge_from_list(IDENTITY_FST + opts)
-            todo.append((step, lam, os.path.join(s1.OUTPUT_DIR, FINAL_WEIGHTS), cfg))
+            todo.append((step, lam, os.path.join(s1.OUTPUT_DIR, FINAL_WEIGHTS), s2,
+                         IDENTITY_FST + opts))
         if is_trained(s2):
             todo.append(("decoded + FST", lam, os.path.join(s2.OUTPUT_DIR, FINAL_WEIGHTS), s2))
     rows = [row(*item) for item in todo]

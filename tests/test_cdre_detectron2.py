@@ -382,9 +382,9 @@ def _cdre_configs():
 @pytest.mark.parametrize("path", _cdre_configs(), ids=lambda p: os.path.relpath(p, CONFIGS))
 def test_cdre_config_trains_one_iteration(path):
     # Fewer proposals / RoIs only to keep the R50 iterations short on CPU.
-    cfg = _cfg(path, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32)
-    if cfg.MODEL.VCM.VIT.SFP.SQUARE_PAD:  # ViTDet: 96 x 128 frames, not a 1024 x 1024 canvas
-        cfg.MODEL.VCM.VIT.SFP.SQUARE_PAD = 0  # (test_configs runs it with its pad)
+    # ViTDet: the 96 x 128 frames without a 1024 x 1024 canvas (test_configs runs it with its pad).
+    cfg = _cfg(path, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+               "MODEL.VCM.VIT.SFP.SQUARE_PAD", 0)
     assert cfg.VCM.PAIRS.LOAD_ORIGINAL
     torch.manual_seed(0)
     model = VCMTrainer.build_model(cfg).train()
