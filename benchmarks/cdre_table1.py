@@ -57,12 +57,10 @@ from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import ANCHOR_METHOD, Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION, SYNTHETIC_SWIN
 from vcm_d2.pipeline.rate_task import (DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
-                                       DEFAULT_VVC_QUALITIES, SEED_DIR, SPREAD_FILE, task_metric)
+                                       DEFAULT_VVC_QUALITIES, task_metric)
 from vcm_d2.pipeline.report import (curve_from, figure_rows, points_table, strongest_point_lines,
                                     write_figures)
-from vcm_d2.pipeline.run import COMPRESSED_DIR, run_each_locked
-from vcm_d2.pipeline.seeds import seed_spread
-from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
+from vcm_d2.pipeline.seeds import SEED_DIR, run_seeds, seed_links, seed_spread, write_spread_report
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET, VAL_SET = "vcm_synth_train", "vcm_synth_val"
@@ -147,21 +145,17 @@ def main(argv=None):
         return 0
     # Every seed in OUTPUT/seed<k>/ on the same compressed sets; per report, mean ± sd.
     out = os.path.abspath(args.output)
-    seed_dir = lambda seed: os.path.join(out, SEED_DIR.format(seed))  # noqa: E731
-    per_seed = run_each_locked(args.seeds, seed_dir, lambda seed: run_seed(
-        args, seed, seed_dir(seed), os.path.join(out, COMPRESSED_DIR)))
+    per_seed = run_seeds(out, args.seeds, lambda seed, folder, compressed: run_seed(
+        args, seed, folder, compressed))
     for folder in per_seed[0]:
         spread = seed_spread(args.seeds, [r[folder] for r in per_seed], ANCHOR_METHOD)
-        atomic_write_json(os.path.join(out, folder, SPREAD_FILE), spread.to_dict())
-        lines = [f"# {folder}: BD values over seeds {', '.join(map(str, args.seeds))}", "",
-                 "Against each codec's direct test (pchip); per-seed reports in "
-                 + ", ".join(f"[seed {k}](../{SEED_DIR.format(k)}/{folder}/{REPORT_NAME})"
-                             for k in args.seeds) + ".", ""]
-        lines += spread.table() + [""] + spread.overlap_lines() + [""]
-        lines += spread.paired_lines(PAIRED_REFERENCE) + [""]
-        path = os.path.join(out, folder, REPORT_NAME)
-        atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
-        print("\n".join(lines))
+        reports = [os.path.join(out, SEED_DIR.format(k), folder, REPORT_NAME) for k in args.seeds]
+        head = [f"# {folder}: BD values over seeds {', '.join(map(str, args.seeds))}", "",
+                "Against each codec's direct test (pchip); per-seed reports in "
+                + seed_links(args.seeds, reports, os.path.join(out, folder)) + ".", ""]
+        tail = [""] + spread.overlap_lines() + [""] + spread.paired_lines(PAIRED_REFERENCE)
+        path = write_spread_report(os.path.join(out, folder), spread, head, tail)
+        print(open(path).read())
         logger.info("report written to %s", path)
     return 0
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Where TransVFC's detection AP goes: the models of a ``transvfc_rate_task.py`` run evaluated
-step by step along image -> res2 -> codec -> FST -> detector tail, on a set the benchmark does
-not report (default vcm_synth_test, 4x the validation frames):
+"""Where TransVFC's task metric goes: the models of a ``transvfc_rate_task.py`` run evaluated
+step by step along image -> res2 -> codec -> FST -> task tail, on a split the benchmark does not
+report (default the test split, 4x the validation frames).
+
+Detection (--task detection, AP):
 
     uncoded        res2 -> identity FST -> tail: the clean detector through TransVFC's path
                    (INFERENCE_INPUT uncoded_features; equals the detector itself)
@@ -10,10 +12,18 @@ not report (default vcm_synth_test, 4x the validation frames):
     decoded, I     the same with every frame an I-frame (GOP 1, --intra-only): the intra codec
     decoded + FST  each stage-2 model, as the benchmark evaluates it (if trained)
 
+Semantic segmentation (--task semseg, mIoU): the FST maps the detector's res2 into another
+network's (the slim DeepLab-v3's), so there is no identity FST; instead
+
+    uncoded        the segmentation network on the uncompressed frames
+    uncoded + FST  each stage-2 model's FST on the uncoded res2 feature: what the mapping
+                   between the two networks costs without any coding
+    decoded + FST  each stage-2 model, as the benchmark evaluates it
+
 Run it with the benchmark's --output, --lambdas, iterations and overrides; it trains nothing
 (missing stage-1 models are an error, missing stage-2 models skipped) and caches every
-evaluation in OUTPUT/diagnose/<set>/. The stage-2 row is only meaningful with the configs the
-models were trained with (a checkpoint of another FST layout loads partially).
+evaluation in OUTPUT/diagnose/<dataset>/. The stage-2 rows are only meaningful with the configs
+the models were trained with (a checkpoint of another FST layout loads partially).
 
     python benchmarks/transvfc_diagnose.py --output output/transvfc_rate_task --lambdas 256 32 4 1
 """
@@ -27,7 +37,8 @@ from vcm_d2.pipeline import Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
 from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.run import EVAL_CACHE_FILE, FINAL_WEIGHTS, evaluate, is_trained
-from vcm_d2.pipeline.transvfc import DEFAULT_LAMBDAS, STAGE2_CONFIG, stage1_cfg, stage2_cfg
+from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, STAGE2_CONFIG, TASK_NETWORK_CONFIG, TASKS,
+                                      eval_set, pixel_cfg, stage1_cfg, stage2_cfg)
 from vcm_d2.utils.io import atomic_write_bytes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
@@ -42,7 +53,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="output folder of transvfc_rate_task.py")
-    p.add_argument("--set", default="vcm_synth_test", help="frames to evaluate on")
+    p.add_argument("--task", default="detection", choices=["detection", "semseg"],
+                   help="the task whose models are diagnosed")
+    p.add_argument("--split", default="test", help="synthetic split to evaluate on")
     p.add_argument("--lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS),
                    help="the benchmark's --lambdas (its chain order)")
     p.add_argument("--stage1-iters", type=int, default=1000, help="the benchmark's --stage1-iters")
@@ -63,15 +76,20 @@ def parse_args(argv=None):
 def main(argv=None) -> List[str]:
     args = parse_args(argv)
     run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
-    folder = os.path.join(run.out, "diagnose", args.set)
+    dataset = eval_set(args.task, args.split)
+    _, _, key, metric = TASKS[args.task]
+    folder = os.path.join(run.out, "diagnose", dataset)
     clean = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"), run.extra,
                                           iters=args.train_iters)
-    if not is_trained(clean):
-        raise FileNotFoundError(f"no clean detector in {clean.OUTPUT_DIR}: run "
-                                "benchmarks/transvfc_rate_task.py with this --output first")
+    task_weights = {t: os.path.join(run.out, sub, FINAL_WEIGHTS)
+                    for t, (_, sub) in TASK_NETWORK_CONFIG.items() if t == args.task}
+    for weights in [os.path.join(clean.OUTPUT_DIR, FINAL_WEIGHTS)] + list(task_weights.values()):
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"no {weights}: run benchmarks/transvfc_rate_task.py with "
+                                    f"this --output and --tasks {args.task} first")
 
     def row(step, lam, weights, cfg, opts=()):
-        """(step, lambda_R, AP, bpp) of ``weights`` in ``cfg`` + ``opts``, cached in its own
+        """(step, lambda_R, metric, bpp) of ``weights`` in ``cfg`` + ``opts``, cached in its own
         folder."""
         cfg = cfg.clone()
         cfg.defrost()
@@ -79,33 +97,42 @@ def main(argv=None) -> List[str]:
         cfg.OUTPUT_DIR = os.path.join(folder, step.replace(" ", "").replace(",", "_") + (
             "" if lam is None else f"_lambda{lam:g}"))
         cfg.freeze()
-        res = evaluate(cfg, weights, [args.set], os.path.join(cfg.OUTPUT_DIR, EVAL_CACHE_FILE))
-        logger.info("%s lambda_R %s: %s", step, lam, res[args.set]["bbox"]["AP"])
-        return step, lam, res[args.set]["bbox"]["AP"], res[args.set].get("rate", {}).get("bpp")
+        res = evaluate(cfg, weights, [dataset], os.path.join(cfg.OUTPUT_DIR, EVAL_CACHE_FILE))
+        logger.info("%s lambda_R %s: %s", step, lam, res[dataset][key][metric])
+        return step, lam, res[dataset][key][metric], res[dataset].get("rate", {}).get("bpp")
 
-    uncoded = run.cfg(STAGE2_CONFIG["detection"], "", run.extra + IDENTITY_FST + [
-        TRANSVFC + "INFERENCE_INPUT", "uncoded_features"])
-    todo = [("uncoded", None, os.path.join(clean.OUTPUT_DIR, FINAL_WEIGHTS), uncoded)]
+    detector = os.path.join(clean.OUTPUT_DIR, FINAL_WEIGHTS)
+    uncoded = [TRANSVFC + "INFERENCE_INPUT", "uncoded_features"]
+    if args.task == "detection":
+        todo = [("uncoded", None, detector,
+                 run.cfg(STAGE2_CONFIG["detection"], "", run.extra + IDENTITY_FST + uncoded))]
+    else:  # the segmentation network itself on uncompressed frames (its own res2)
+        todo = [("uncoded", None, detector, pixel_cfg(run, args.task, task_weights))]
     for i, lam in enumerate(args.lambdas):  # every model checked before anything is evaluated
         s1 = stage1_cfg(run, lam, args.stage1_iters if i == 0 else args.finetune_iters, "")
         if not is_trained(s1):
             raise FileNotFoundError(f"no stage-1 model in {s1.OUTPUT_DIR} (check --lambdas and "
                                     "the iterations against the benchmark's)")
-        s2 = stage2_cfg(run, "detection", s1, args.stage2_iters, {})
-        for step, opts in [("decoded", [])] + (
-                [("decoded, I", [TRANSVFC + "GOP", 1])] if args.intra_only else []):
-            todo.append((step, lam, os.path.join(s1.OUTPUT_DIR, FINAL_WEIGHTS), s2,
-                         IDENTITY_FST + opts))
+        s2 = stage2_cfg(run, args.task, s1, args.stage2_iters, task_weights)
+        s2_weights = os.path.join(s2.OUTPUT_DIR, FINAL_WEIGHTS)
+        if args.task == "detection":
+            for step, opts in [("decoded", [])] + (
+                    [("decoded, I", [TRANSVFC + "GOP", 1])] if args.intra_only else []):
+                todo.append((step, lam, os.path.join(s1.OUTPUT_DIR, FINAL_WEIGHTS), s2,
+                             IDENTITY_FST + opts))
+        elif is_trained(s2):
+            todo.append(("uncoded + FST", lam, s2_weights, s2, uncoded))
         if is_trained(s2):
-            todo.append(("decoded + FST", lam, os.path.join(s2.OUTPUT_DIR, FINAL_WEIGHTS), s2))
+            todo.append(("decoded + FST", lam, s2_weights, s2))
     rows = [row(*item) for item in todo]
 
-    lines = [f"Detection AP on {args.set} of the models in {run.out} (uncoded: the clean "
-             "detector through TransVFC's path without coding).", "",
-             "| step | lambda_R | AP | bpp | AP - uncoded |", "|---|---|---|---|---|"]
-    lines += [f"| {step} | {'-' if lam is None else f'{lam:g}'} | {ap:.2f} | "
+    lines = [f"{args.task} {metric} on {dataset} of the models in {run.out} (uncoded: "
+             + ("the clean detector through TransVFC's path without coding)." if args.task ==
+                "detection" else "the segmentation network on uncompressed frames)."), "",
+             f"| step | lambda_R | {metric} | bpp | {metric} - uncoded |", "|---|---|---|---|---|"]
+    lines += [f"| {step} | {'-' if lam is None else f'{lam:g}'} | {value:.2f} | "
               f"{'-' if bpp is None else f'{bpp:.4f}'} | "
-              f"{ap - rows[0][2]:+.2f} |" for step, lam, ap, bpp in rows]
+              f"{value - rows[0][2]:+.2f} |" for step, lam, value, bpp in rows]
     atomic_write_bytes(os.path.join(folder, "report.md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     return lines

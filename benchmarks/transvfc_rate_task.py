@@ -7,8 +7,8 @@ VVC (vvenc, low delay), whose decoded frames go to the same frozen task networks
 detection (AP, slim R18 Faster R-CNN), semantic segmentation (mIoU, slim DeepLab-v3) and video
 instance segmentation (YouTube-VIS AP, slim Mask R-CNN + tracker, whole videos):
 
-    1. compress vcm_synth_val with every codec (pair datasets; the segmentation and VIS splits
-       hold the same frames and reuse them)
+    1. compress the evaluation split (--split: vcm_synth_val by default) with every codec (pair
+       datasets; the segmentation and VIS sets of a split hold the same frames and reuse them)
     2. the clean slim detector (as `make demo` trains it), the slim segmentation network and
        the VIS network (the detector + a mask head, trained on clips)
     3. stage 1 per lambda_R: the first (largest) lambda runs the full Table 1 schedule from the
@@ -18,8 +18,10 @@ instance segmentation (YouTube-VIS AP, slim Mask R-CNN + tracker, whole videos):
     5. evaluation (TransVFC codes every validation video for real) and OUTPUT/report.md:
        BD-rate / BD-metric of TransVFC vs each pixel codec, curves, points, timings
 
-Resumable: every compression, training and evaluation is skipped when already done. To reuse
-`make demo`'s clean detector, copy its clean/ folder into OUTPUT (same --train-iters).
+Resumable: every compression, training and evaluation is skipped when already done; a process
+reaching a model another one is training waits for it. To reuse `make demo`'s clean detector,
+copy its clean/ folder into OUTPUT (same --train-iters). A rerun with another --split evaluates
+the same models and writes its report to OUTPUT/<split>/.
 
 With several --seeds, steps 2-5 run once per seed in OUTPUT/seed<k>/ (the compressed sets are
 shared) and OUTPUT/report.md gives each BD value of TransVFC against each pixel codec as
@@ -37,21 +39,22 @@ import torch
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.codecs.neural import learned_codec_options
-from vcm_d2.evaluation.report import REPORT_NAME, write_report
+from vcm_d2.evaluation.report import write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
-from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS, SEED_DIR, SPREAD_FILE
+from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_figures
-from vcm_d2.pipeline.run import COMPRESSED_DIR, register_joined_pairs, run_each_locked
-from vcm_d2.pipeline.seeds import SeedSpread, bd_values_against
-from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_METHOD, PIXEL_QUALITIES,
-                                      PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, figure_rows_vs_pixels, pixel_cfg, train_stage1,
+from vcm_d2.pipeline.run import register_joined_pairs
+from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, run_seeds, seed_links,
+                                   write_spread_report)
+from vcm_d2.data.synthetic import SPLIT_SPECS
+from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, PIXEL_QUALITIES,
+                                      PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, eval_set,
+                                      figure_rows_vs_pixels, pixel_cfg, train_stage1,
                                       train_stage2, train_task_networks, transvfc_curve)
-from vcm_d2.utils.io import atomic_write_bytes, atomic_write_json
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
-VAL_SET = TASKS["detection"][1]
 
 logger = logging.getLogger("vcm_d2.transvfc_rate_task")
 
@@ -88,6 +91,10 @@ def parse_args(argv=None):
                         "(tools/train_learned_codec.py)")
     p.add_argument("--learned-qualities", nargs="+", type=int, default=[1, 2, 3, 4, 5],
                    help="quality indices of the learned codecs (one checkpoint each)")
+    p.add_argument("--split", default=EVAL_SPLIT, choices=[s for s in SPLIT_SPECS if s != "train"],
+                   help="synthetic split every curve is measured on: val (96 frames), or test / "
+                        "holdout (384 frames each; holdout: no choice was made on it, for "
+                        "final figures)")
     p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="seeds of every training (< 0: random); several: each seed trains every "
@@ -101,17 +108,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def compress_val(run: Run, codecs: Sequence[str], qualities_of, options_of,
-                 workers: int) -> Dict[tuple, List[str]]:
-    """Compressed validation pairs per (task, codec): the detection, segmentation and VIS sets
-    share their frames, so one compression serves all (registered for each)."""
-    pairs = run.compress((VAL_SET,), codecs, qualities_of, options_of, workers, "compress")
+def compress_split(run: Run, split: str, codecs: Sequence[str], qualities_of, options_of,
+                   workers: int) -> Dict[tuple, List[str]]:
+    """Compressed pairs of ``split`` per (task, codec): the detection, segmentation and VIS
+    sets share their frames, so one compression serves all (registered for each)."""
+    frames = eval_set("detection", split)
+    step = "compress" if split == EVAL_SPLIT else f"compress_{split}"
+    pairs = run.compress((frames,), codecs, qualities_of, options_of, workers, step)
     root = run.compressed_root
     names = {}
     for codec in codecs:
-        names["detection", codec] = pairs[VAL_SET, codec]
+        names["detection", codec] = pairs[frames, codec]
         for task in ("semseg", "vis"):
-            names[task, codec] = register_joined_pairs(root, VAL_SET, TASKS[task][1], codec,
+            names[task, codec] = register_joined_pairs(root, frames, eval_set(task, split), codec,
                                                        qualities_of(codec))
     return names
 
@@ -126,12 +135,11 @@ def main(argv=None):
     codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
     if len(args.seeds) == 1:
         return run_seed(args, args.seeds[0], args.output, "", learned, codecs)[0]
+    per_seed = run_seeds(args.output, args.seeds, lambda seed, folder, compressed: run_seed(
+        args, seed, folder, compressed, learned, codecs))
     out = os.path.abspath(args.output)
-    seed_dir = lambda seed: os.path.join(out, SEED_DIR.format(seed))  # noqa: E731
-    per_seed = run_each_locked(args.seeds, seed_dir, lambda seed: run_seed(
-        args, seed, seed_dir(seed), os.path.join(out, COMPRESSED_DIR), learned, codecs))
-    return spread_report(out, args.seeds, [r for r, _ in per_seed],
-                         [c for _, c in per_seed], codecs)
+    return spread_report(out if args.split == EVAL_SPLIT else os.path.join(out, args.split),
+                         args.seeds, [r for r, _ in per_seed], [c for _, c in per_seed], codecs)
 
 
 def spread_report(out: str, seeds: Sequence[int], reports: Sequence[str],
@@ -139,16 +147,12 @@ def spread_report(out: str, seeds: Sequence[int], reports: Sequence[str],
     """OUTPUT/report.md over the seeds: BD values of TransVFC against each pixel codec as
     mean ± sd, with the per-seed values and reports."""
     spread = SeedSpread(seeds, [bd_values_against(c, TRANSVFC, codecs) for c in curves])
-    atomic_write_json(os.path.join(out, SPREAD_FILE), spread.to_dict())
-    links = ", ".join(f"[seed {s}]({os.path.relpath(r, out)})" for s, r in zip(seeds, reports))
-    lines = [f"# TransVFC vs pixel codecs over {len(seeds)} seeds", "",
-             "BD-rate / BD-metric (pchip) of TransVFC (method column) against each pixel codec "
-             "(codec column) on the same frames; every network (clean detector, task networks, "
-             f"stage 1 and 2) is trained once per seed. Per-seed reports (points, overlaps, "
-             f"curves, timings): {links}; values in `{SPREAD_FILE}`.", ""]
-    lines += spread.table()
-    path = os.path.join(out, REPORT_NAME)
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    head = [f"# TransVFC vs pixel codecs over {len(seeds)} seeds", "",
+            "BD-rate / BD-metric (pchip) of TransVFC (method column) against each pixel codec "
+            "(codec column) on the same frames; every network (clean detector, task networks, "
+            f"stage 1 and 2) is trained once per seed. Per-seed reports (points, overlaps, "
+            f"curves, timings): {seed_links(seeds, reports, out)}; values in `{SPREAD_FILE}`.", ""]
+    path = write_spread_report(out, spread, head)
     logger.info("report written to %s", path)
     return path
 
@@ -168,8 +172,11 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
     def options_of(codec):
         return learned.get(codec, {"gop": args.gop})
 
-    logger.info("[1/5] compressing %s with %s", VAL_SET, codecs)
-    pairs = compress_val(run, codecs, qualities_of, options_of, args.workers)
+    logger.info("[1/5] compressing the %s split with %s", args.split, codecs)
+    pairs = compress_split(run, args.split, codecs, qualities_of, options_of, args.workers)
+    # another split's report, curves and figures go to OUTPUT/<split>/, next to the same models
+    suffix = "" if args.split == EVAL_SPLIT else f"_{args.split}"  # step names in timings
+    report_dir = run.out if args.split == EVAL_SPLIT else os.path.join(run.out, args.split)
 
     logger.info("[2/5] clean detector and task networks")
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"),
@@ -190,24 +197,25 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
     meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
             "stage2_iters": args.stage2_iters}
     for task in args.tasks:
-        _, val_set, key, metric = TASKS[task]
+        _, _, key, metric = TASKS[task]
+        val_set = eval_set(task, args.split)
         cfg = pixel_cfg(run, task, task_weights)
         res = run.evaluate(cfg, detector, [val_set] + [n for c in codecs for n in pairs[task, c]],
-                           f"eval_pixels_{task}")
+                           f"eval_pixels_{task}{suffix}")
         pixel_curves = {c: curve_from(res, c, PIXEL_METHOD, qualities_of(c), pairs[task, c],
                                       task=task, result_key=key, metric=metric)
                         for c in codecs}
         clean[task] = f"{metric} {res[val_set][key][metric]:.1f}"
         curves += list(pixel_curves.values())
-        curves.append(transvfc_curve(run, task, models[task], val_set, meta))
+        curves.append(transvfc_curve(run, task, models[task], val_set, meta, suffix))
         rows = figure_rows_vs_pixels(models[task], curves[-1], {PIXEL_METHOD: (cfg, detector)},
                                      pixel_curves, {c: pairs[task, c] for c in codecs},
                                      val_set)
-        figure_lines += [""] + write_figures(run.out, {task: rows}, val_set, run.times,
-                                             step=f"figures_{task}")
+        figure_lines += [""] + write_figures(report_dir, {task: rows}, val_set, run.times,
+                                             step=f"figures_{task}{suffix}")
 
     for curve in curves:
-        save_curve(curve, os.path.join(run.out, "curves", f"{curve.task}_{curve.codec}.json"))
+        save_curve(curve, os.path.join(report_dir, "curves", f"{curve.task}_{curve.codec}.json"))
     lines = [f"Slim models on 128x128 frames, {torch.get_num_threads()} torch thread(s). Stage 1: "
              f"lambda_R {lambdas[0]:g} {args.stage1_iters} iterations from the clean detector "
              f"({args.train_iters} it), then each next lambda_R fine-tuned {args.finetune_iters} "
@@ -220,7 +228,8 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
              + ". TransVFC "
              f"quality = lambda_R, GOP from its config. Every bit counted (TransVFC: container "
              "stream header, I-frames, per-frame records with CRC).", "",
-             "Task networks on uncompressed validation frames: "
+             f"Evaluated on the synthetic {args.split} split. Task networks on its "
+             "uncompressed frames: "
              + ", ".join(f"{t} {v}" for t, v in clean.items()) + ".", "",
              "BD values of TransVFC against each pixel codec (pchip; negative BD-rate = fewer "
              "bits for the same task metric):", ""]
@@ -230,7 +239,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
     lines += figure_lines + ["", run.times.line()]
     anchor = {task: f"{'x265' if 'x265' in args.codecs else args.codecs[0]}/{PIXEL_METHOD}"
               for task in args.tasks}
-    report = write_report(curves, anchor=anchor, output_dir=run.out, plot_by="task",
+    report = write_report(curves, anchor=anchor, output_dir=report_dir, plot_by="task",
                           title="TransVFC vs pixel codecs (synthetic benchmark)",
                           preamble="\n".join(lines))
     logger.info("report written to %s", report)

@@ -73,6 +73,23 @@ def test_seed_spread_on_hand_made_curves(tmp_path):
     assert "- vis x264: BD-rate of full_ft and ours do not overlap (mean ± sd)" in lines
 
 
+def test_transvfc_eval_sets_of_a_split_are_registered_for_every_task():
+    """--split picks the frames of every task's curve; the three task sets of a split share
+    their frames (one compression serves them all)."""
+    from detectron2.data import DatasetCatalog
+
+    from vcm_d2.pipeline.transvfc import EVAL_SPLIT, TASKS, eval_set
+
+    tvfc = load_tool("transvfc_rate_task", "benchmarks")
+    assert eval_set("detection") == "vcm_synth_val" and EVAL_SPLIT == "val"
+    names = [eval_set(task, "holdout") for task in TASKS]
+    assert names == ["vcm_synth_holdout", "vcm_synth_sem_holdout", "vcm_synth_vis_holdout"]
+    assert set(names) <= set(DatasetCatalog.list())
+    assert tvfc.parse_args(["--split", "holdout"]).split == "holdout"
+    with pytest.raises(SystemExit):  # never the training frames
+        tvfc.parse_args(["--split", "train"])
+
+
 def test_transvfc_rate_task_seeds_give_the_spread_against_each_pixel_codec(tmp_path, monkeypatch):
     """--seeds: one run per seed in OUTPUT/seed<k>/ sharing OUTPUT/compressed, then BD values of
     TransVFC against each pixel codec as mean ± sd (0.5x / 0.8x x264's rate: -50 / -20 %)."""
@@ -131,7 +148,7 @@ def test_transvfc_diagnose_evaluates_each_step_of_a_run_once(tmp_path, monkeypat
 
     save(SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path / "clean"), iters=600))
     argv = ["--output", str(tmp_path), "--lambdas", "4", "--stage1-iters", "6",
-            "--finetune-iters", "5", "--stage2-iters", "5", "--set", "vcm_synth_test",
+            "--finetune-iters", "5", "--stage2-iters", "5", "--split", "test",
             "--intra-only", "--threads", str(torch.get_num_threads()),
             "MODEL.RPN.PRE_NMS_TOPK_TEST", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "20"]  # fast tail
     first = bench.stage1_cfg(run, 4, 6, "")
@@ -201,3 +218,42 @@ def test_cdre_table1_draws_every_curve_on_the_chosen_test_set(tmp_path):
     side = {m: json.loads((models / f"{m}_x264_2it" / "eval.json").read_text())[names[2]]["rate"]["side_bpp"]
             for m in ("ours", "ours-constant")}
     assert 0 < side["ours-constant"] < side["ours"]  # all-zero maps: only the stream's framing
+
+
+def test_transvfc_diagnose_splits_the_segmentation_loss_into_mapping_and_coding(tmp_path):
+    """--task semseg: the segmentation network on uncompressed frames, then each stage-2 FST on
+    the uncoded feature (no bits) and on the decoded one (the benchmark's point)."""
+    from catalog_helpers import shortened
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from vcm_d2.engine import VCMTrainer
+    from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
+    from vcm_d2.pipeline.transvfc import TASK_NETWORK_CONFIG
+
+    diag = load_tool("transvfc_diagnose", "benchmarks")
+    run = _run(tmp_path)
+
+    def save(cfg):
+        torch.manual_seed(0)
+        os.makedirs(cfg.OUTPUT_DIR)
+        DetectionCheckpointer(VCMTrainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR).save(
+            "model_final")
+        return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+
+    save(SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path / "clean"), iters=600))
+    config, sub = TASK_NETWORK_CONFIG["semseg"]
+    argv = ["--output", str(tmp_path), "--task", "semseg", "--lambdas", "4", "--stage1-iters",
+            "6", "--stage2-iters", "5", "--threads", str(torch.get_num_threads())]
+    with pytest.raises(FileNotFoundError, match="--tasks semseg"):  # no segmentation network
+        diag.main(argv)
+    network = save(run.cfg(config, str(tmp_path / sub)))
+    first = bench.stage1_cfg(run, 4, 6, "")
+    save(first)
+    save(bench.stage2_cfg(run, "semseg", first, 5, {"semseg": network}))
+    with shortened({"vcm_synth_sem_test": 1}):
+        lines = diag.main(argv)
+    rows = [line.split(" | ") for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert [(r[0][2:], r[1]) for r in rows] == [
+        ("uncoded", "-"), ("uncoded + FST", "4"), ("decoded + FST", "4")]
+    assert rows[0][3] == rows[1][3] == "-" and float(rows[2][3]) > 0  # bits only when coded
+    assert "mIoU on vcm_synth_sem_test" in lines[0]

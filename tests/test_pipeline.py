@@ -154,9 +154,31 @@ def test_train_records_what_it_trained(tmp_path):
         "SOLVER.MAX_ITER", 1, "SOLVER.IMS_PER_BATCH", 1, "SOLVER.CHECKPOINT_PERIOD", 10])
     assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
     record = json.loads((tmp_path / RUN_RECORD_FILE).read_text())
+    config = record.pop("config")
     assert record == {"max_iter": 1, "weights": "", "train_sets": list(cfg.DATASETS.TRAIN),
                       "seed": cfg.SEED}
+    assert config["MODEL.ROI_HEADS.NUM_CLASSES"] == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    assert "OUTPUT_DIR" not in config and "DATALOADER.NUM_WORKERS" not in config
     assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")  # reused
+    runtime = cfg.clone()  # where and how often it runs does not change the model
+    runtime.DATALOADER.NUM_WORKERS = 3
+    runtime.SOLVER.CHECKPOINT_PERIOD = 7
+    assert steps.train(runtime) == os.path.join(str(tmp_path), "model_final.pth")
+
+
+def test_train_refuses_a_finished_run_made_with_another_config(tmp_path):
+    """A config change that keeps the output folder (e.g. wider latents) must not silently
+    reuse the model trained before it; a key the old record lacks is not a conflict."""
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 5])
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    record = steps._portable(steps._run_record(cfg), cfg.OUTPUT_DIR)
+    del record["config"]["MODEL.ROI_HEADS.NMS_THRESH_TEST"]  # written before that key existed
+    (tmp_path / RUN_RECORD_FILE).write_text(json.dumps(record))
+    assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    other = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 5,
+                                                          "SOLVER.BASE_LR", 0.123])
+    with pytest.raises(ValueError, match=r"SOLVER.BASE_LR: .* != 0.123.*delete that folder"):
+        steps.train(other)
 
 
 
@@ -259,12 +281,24 @@ def test_paired_differences_cancel_the_shared_start():
 
 def test_folder_lock_is_exclusive_and_released(tmp_path):
     folder = str(tmp_path / "seed0")
+    import subprocess
+    import sys
+
+    probe = ("import sys; from vcm_d2.pipeline.run import folder_lock\n"
+             "with folder_lock(sys.argv[1], blocking=False) as held: print(held)")
+
+    def other_process_gets_it():
+        out = subprocess.run([sys.executable, "-c", probe, folder], capture_output=True,
+                             text=True, timeout=120, check=True).stdout.split()
+        return out[-1] == "True"
+
     with steps.folder_lock(folder) as held:
         assert held
-        with steps.folder_lock(folder, blocking=False) as again:  # a second open file: refused
-            assert not again
-    with steps.folder_lock(folder, blocking=False) as held:
-        assert held
+        assert not other_process_gets_it()
+        with steps.folder_lock(folder, blocking=False) as again:  # nested in this process
+            assert again
+        assert not other_process_gets_it()  # the outer hold remains
+    assert other_process_gets_it()
 
 
 def test_run_each_locked_leaves_a_busy_folder_for_last(tmp_path):
@@ -335,3 +369,27 @@ def test_transvfc_stage2_models_are_split_between_processes(tmp_path, monkeypatc
         holder.wait(timeout=30)
     assert trained == [f"stage2_detection_lambda{lam}" for lam in (32, 4, 256)]
     assert [w for _, w in models] == [f"stage2_detection_lambda{lam}" for lam in (256, 32, 4)]
+
+
+def test_train_waits_for_another_process_training_the_same_model(tmp_path):
+    """Two processes asking for one model (e.g. a second benchmark process reaching a stage-1
+    model the first is training): the second waits for the lock, then reuses the model instead
+    of training it again in the same folder."""
+    import subprocess
+    import sys
+
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 5])
+    record = json.dumps(steps._portable(steps._run_record(cfg), cfg.OUTPUT_DIR))
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; d = sys.argv[1]; "
+         "f = open(os.path.join(d, '.vcm_lock'), 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('training', flush=True); time.sleep(1.0); "
+         "open(os.path.join(d, 'vcm_run.json'), 'w').write(sys.argv[2]); "
+         "open(os.path.join(d, 'model_final.pth'), 'wb').close()", str(tmp_path), record],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "training"
+        assert steps.train(cfg) == os.path.join(str(tmp_path), "model_final.pth")
+    finally:
+        trainer.wait(timeout=30)
+    assert not (tmp_path / "metrics.json").exists()  # no trainer ran here

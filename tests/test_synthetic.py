@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from vcm_d2.data.synthetic import (
+    SPLIT_SPECS,
     CLASS_NAMES,
     IGNORE_LABEL,
     KEYPOINT_FLIP_MAP,
@@ -29,7 +30,7 @@ from vcm_d2.data.synthetic import (
 TINY = SyntheticSpec(num_videos=2, frames_per_video=4, height=64, width=64, max_objects=6,
                      max_object_size=24, seed=3)
 SPLIT_NAMES = [f"vcm_synth{kind}_{split}" for kind in ("", "_vis", "_sem")
-               for split in ("train", "val", "test")]
+               for split in ("train", "val", "test", "holdout")]
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +286,16 @@ def test_train_and_val_disjoint():
     a = render_video(TRAIN_SPEC, 0).frames
     b = render_video(VAL_SPEC, 0).frames
     assert a.tobytes() != b.tobytes()
+
+
+def test_holdout_split_is_new_frames_of_the_test_splits_size():
+    """Final figures are reported on frames no choice was made on: the holdout split has its
+    own seed (other videos than every other split) and the test split's size."""
+    specs = list(SPLIT_SPECS.values())
+    assert len({s.seed for s in specs}) == len(specs)
+    holdout, test = SPLIT_SPECS["holdout"], SPLIT_SPECS["test"]
+    assert dataclasses.replace(holdout, seed=test.seed) == test
+    assert render_video(holdout, 0).frames.tobytes() != render_video(test, 0).frames.tobytes()
 
 
 def test_generation_speed():

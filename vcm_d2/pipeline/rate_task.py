@@ -21,14 +21,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
-from ..evaluation.report import REPORT_NAME, write_report
+from ..evaluation.report import write_report
 from ..evaluation.results import RateTaskCurve, save_curve
-from ..utils.io import atomic_write_bytes, atomic_write_json
 from .methods import ANCHOR_METHOD, SYNTHETIC_DETECTION, MethodTable
 from .report import (FIGURE_PICKS, curve_from, figure_rows, points_table, strongest_point_lines,
                      write_figures)
-from .run import COMPRESSED_DIR, Run, run_each_locked
-from .seeds import seed_spread
+from .run import Run
+from .seeds import SPREAD_FILE, run_seeds, seed_links, seed_spread, write_spread_report
 
 __all__ = ["RateTaskSpec", "TASK_OF_EVALUATOR", "run_rate_task", "task_metric"]
 
@@ -47,8 +46,6 @@ DEFAULT_VVC_QUALITIES = (16, 19, 23, 28)
 # Iterations of the clean slim detector every method starts from.
 DEFAULT_TRAIN_ITERS = 600
 DEFAULT_GOP = 12
-SEED_DIR = "seed{}"
-SPREAD_FILE = "seed_spread.json"
 
 
 @dataclass
@@ -104,14 +101,11 @@ def run_rate_task(spec: RateTaskSpec) -> str:
     _check(spec)
     if len(spec.seeds) == 1:
         return _run_seed(spec, spec.seeds[0], spec.output, "")[0]
-    compressed = os.path.join(spec.output, COMPRESSED_DIR)
-    seed_dir = lambda seed: os.path.join(spec.output, SEED_DIR.format(seed))  # noqa: E731
-
-    def one_seed(seed):
+    def one_seed(seed, folder, compressed):
         logger.info("seed %d of %s", seed, list(spec.seeds))
-        return _run_seed(spec, seed, seed_dir(seed), compressed)
+        return _run_seed(spec, seed, folder, compressed)
 
-    reports, curves = zip(*run_each_locked(list(spec.seeds), seed_dir, one_seed))
+    reports, curves = zip(*run_seeds(spec.output, spec.seeds, one_seed))
     return _spread_report(spec, list(reports), list(curves))
 
 
@@ -199,16 +193,12 @@ def _spread_report(spec: RateTaskSpec, reports: Sequence[str],
                    curves: Sequence[Sequence[RateTaskCurve]]) -> str:
     """OUTPUT/report.md over the seeds: BD values as mean ± sd, per-seed values, overlaps."""
     spread = seed_spread(spec.seeds, curves, ANCHOR_METHOD)
-    atomic_write_json(os.path.join(spec.output, SPREAD_FILE), spread.to_dict())
-    links = ", ".join(f"[seed {s}]({os.path.relpath(r, spec.output)})"
-                      for s, r in zip(spec.seeds, reports))
-    lines = [f"# Rate-task report over {len(spec.seeds)} seeds", "",
-             f"BD-rate / BD-metric (pchip) of each method against the direct test of its codec, "
-             f"per seed {', '.join(str(s) for s in spec.seeds)}: the clean model and every method "
-             f"are trained once per seed on the same compressed sets. Per-seed reports (points, "
-             f"curves, figures, timings): {links}; values in `{SPREAD_FILE}`.", ""]
-    lines += spread.table() + [""] + spread.overlap_lines() + [""]
-    path = os.path.join(spec.output, REPORT_NAME)
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    head = [f"# Rate-task report over {len(spec.seeds)} seeds", "",
+            f"BD-rate / BD-metric (pchip) of each method against the direct test of its codec, "
+            f"per seed {', '.join(str(s) for s in spec.seeds)}: the clean model and every method "
+            f"are trained once per seed on the same compressed sets. Per-seed reports (points, "
+            f"curves, figures, timings): {seed_links(spec.seeds, reports, spec.output)}; values "
+            f"in `{SPREAD_FILE}`.", ""]
+    path = write_spread_report(spec.output, spread, head, [""] + spread.overlap_lines())
     logger.info(f"report written to {path}")
     return path

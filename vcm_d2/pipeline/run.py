@@ -23,6 +23,7 @@ except ImportError:  # not POSIX: no locks, one process per output folder
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -34,7 +35,7 @@ from ..utils.io import atomic_write_json
 __all__ = [
     "EVAL_CACHE_FILE", "LOCK_FILE", "RUN_RECORD_FILE", "Run", "StepTimes", "TIMINGS_FILE",
     "compress_pairs", "evaluate", "folder_lock", "is_compressed", "is_evaluated", "is_trained",
-    "load_json", "model_cfg", "register_joined_pairs", "run_each_locked", "start_run",
+    "load_json", "model_cfg", "model_lock", "register_joined_pairs", "run_each_locked", "start_run",
     "timing_line", "train",
 ]
 
@@ -101,10 +102,24 @@ class StepTimes:
 
 
 # ----------------------------------------------------------------------------- locks
+# Folders whose lock this process holds, with how many nested ``folder_lock`` calls hold it.
+_HELD: Dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str, blocking: bool = True) -> Iterator[bool]:
     """Hold ``folder``'s lock against other processes (``flock`` of LOCK_FILE in it); yields
-    whether it is held, always True when ``blocking`` (then it waits for the other process)."""
+    whether it is held, always True when ``blocking`` (then it waits for the other process).
+    Re-entrant within a process: a step that holds a folder may call one that takes it again
+    (``flock`` on a second open file would wait for ourselves)."""
+    key = os.path.realpath(folder)
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield True
+        finally:
+            _HELD[key] -= 1
+        return
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, LOCK_FILE), "a") as f:
         if fcntl is not None:
@@ -113,7 +128,17 @@ def folder_lock(folder: str, blocking: bool = True) -> Iterator[bool]:
             except BlockingIOError:
                 yield False
                 return
-        yield True  # closing the file releases the lock
+        _HELD[key] = 1
+        try:
+            yield True  # closing the file releases the lock
+        finally:
+            del _HELD[key]
+
+
+def model_lock(folder: str):
+    """``folder_lock`` around training a model, in a single process. Under detectron2's
+    ``launch`` every rank trains the same model together, so no rank may wait for another."""
+    return folder_lock(folder) if comm.get_world_size() == 1 else contextlib.nullcontext(True)
 
 
 def run_each_locked(items: Sequence, folder_of: Callable[[Any], str], fn: Callable) -> List:
@@ -152,23 +177,66 @@ def is_compressed(splits: Sequence[str], codecs: Sequence[str], qualities: Seque
 
 
 # ----------------------------------------------------------------------------- steps
+# Config keys that do not change what training produces (where it runs, how often it saves or
+# evaluates, what it is evaluated on); left out of the run record's config.
+RECORD_IGNORED_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "DATASETS.TEST",
+                       "SOLVER.CHECKPOINT_PERIOD", "TEST.", "VIS_PERIOD", "CUDNN_BENCHMARK")
+
+
+def _flat_config(node, prefix: str = "") -> Dict[str, Any]:
+    """{"A.B.C": value} of every leaf of a CfgNode, as JSON stores it (tuples become lists)."""
+    out = {}
+    for key, value in node.items():
+        name = prefix + key
+        if isinstance(value, dict):
+            out.update(_flat_config(value, name + "."))
+        else:
+            out[name] = json.loads(json.dumps(value))
+    return out
+
+
+def _local_path(value: Any, output_dir: str) -> Any:
+    """A local absolute path relative to ``output_dir`` (a copied or moved folder still matches
+    the models it started from); anything else unchanged."""
+    if isinstance(value, str) and os.path.isabs(value) and "://" not in value:
+        return os.path.relpath(value, os.path.abspath(output_dir))
+    return value
+
+
 def _run_record(cfg) -> Dict:
-    """What identifies a finished training for reuse by a resumed run."""
+    """What identifies a finished training for reuse by a resumed run: iterations, initial
+    weights, training sets, seed and the whole config (without RECORD_IGNORED_KEYS)."""
+    config = {k: _local_path(v, cfg.OUTPUT_DIR) for k, v in _flat_config(cfg).items()
+              if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in RECORD_IGNORED_KEYS)}
     return {"max_iter": int(cfg.SOLVER.MAX_ITER), "weights": cfg.MODEL.WEIGHTS,
-            "train_sets": list(cfg.DATASETS.TRAIN), "seed": int(cfg.SEED)}
+            "train_sets": list(cfg.DATASETS.TRAIN), "seed": int(cfg.SEED), "config": config}
 
 
 def _portable(record: Dict, output_dir: str) -> Dict:
     """``record`` with a local weights path relative to ``output_dir``, so that an output
     folder that was moved or copied (with the models it trained from) still resumes."""
-    weights = record.get("weights", "")
-    if weights and os.path.isabs(weights) and "://" not in weights:
-        record = dict(record, weights=os.path.relpath(weights, os.path.abspath(output_dir)))
-    return record
+    if "weights" not in record:
+        return record
+    return dict(record, weights=_local_path(record["weights"], output_dir))
+
+
+def _record_conflicts(done: Dict, asked: Dict) -> List[str]:
+    """Differences between a finished run's record and this run's. Config keys only one of them
+    has are not conflicts: a key added to the code since (its default keeps the old behaviour)
+    or a record written before configs were recorded."""
+    out = [f"{k}: {done.get(k)!r} != {asked.get(k)!r}" for k in sorted(set(done) | set(asked))
+           if k != "config" and done.get(k) != asked.get(k)]
+    old, new = done.get("config", {}), asked.get("config", {})
+    out += [f"{k}: {old[k]!r} != {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    return out
 
 
 def train(cfg) -> str:
     """Train unless OUTPUT_DIR already holds model_final.pth; return its path.
+
+    The model's folder is locked while it trains, so that another process asking for the same
+    model waits and then reuses it. A finished model is reused only if its record (see
+    ``_run_record``) agrees with this run's config.
 
     RNGs are seeded from cfg.SEED right before training (< 0: random), so a run does not
     depend on what was trained before it in the same process. detectron2's trainer evaluates
@@ -177,25 +245,29 @@ def train(cfg) -> str:
     final = os.path.join(cfg.OUTPUT_DIR, FINAL_WEIGHTS)
     record_path = os.path.join(cfg.OUTPUT_DIR, RUN_RECORD_FILE)
     record = _portable(_run_record(cfg), cfg.OUTPUT_DIR)
-    if os.path.exists(final):
-        done = _portable(load_json(record_path), cfg.OUTPUT_DIR)
-        if not done:
-            logger.warning(f"{final} exists without {RUN_RECORD_FILE}: reused as is (it cannot "
-                           "be checked against iterations, initial weights and training sets)")
-        elif done != record:
-            raise ValueError(f"{cfg.OUTPUT_DIR} holds a model trained with {done}, this run asks "
-                             f"for {record}: delete that folder or use another output folder")
-        logger.info(f"[skip] {final} exists")
-        return final
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.DATASETS.TEST = ()
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
-    trainer = VCMTrainer(cfg)
-    trainer.resume_or_load(resume=True)  # picks up an interrupted run's last checkpoint
-    trainer.train()
-    atomic_write_json(record_path, record)
+    with model_lock(cfg.OUTPUT_DIR):
+        if os.path.exists(final):
+            done = _portable(load_json(record_path), cfg.OUTPUT_DIR)
+            if not done:
+                logger.warning(f"{final} exists without {RUN_RECORD_FILE}: reused as is (it "
+                               "cannot be checked against iterations, initial weights and "
+                               "training sets)")
+            conflicts = _record_conflicts(done, record) if done else []
+            if conflicts:
+                raise ValueError(f"{cfg.OUTPUT_DIR} holds a model trained otherwise than this run "
+                                 f"asks ({'; '.join(conflicts[:8])}"
+                                 f"{'; ...' if len(conflicts) > 8 else ''}): delete that folder "
+                                 "or use another output folder")
+            logger.info(f"[skip] {final} exists")
+            return final
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.TEST = ()
+        seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
+        trainer = VCMTrainer(cfg)
+        trainer.resume_or_load(resume=True)  # picks up an interrupted run's last checkpoint
+        trainer.train()
+        atomic_write_json(record_path, record)
     return final
 
 
@@ -283,7 +355,9 @@ class Run:
         return model_cfg(os.path.join(self.config_dir, config_name), output_dir, opts)
 
     def train(self, cfg, step: str) -> str:
-        with self.times.step(step, is_trained(cfg)):
+        """``train``, timed unless already done; the folder is locked first, so a model another
+        process is training is waited for (and not timed) here."""
+        with model_lock(cfg.OUTPUT_DIR), self.times.step(step, is_trained(cfg)):
             return train(cfg)
 
     def evaluate(self, cfg, weights: str, datasets: Sequence[str], step: str) -> Dict[str, Dict]:

@@ -1,15 +1,24 @@
 """BD values over runs with different seeds: per (task, codec, method) the value of each run,
 mean ± sample standard deviation, and whether two methods' mean ± sd intervals overlap (a
-difference inside them is not established by these runs)."""
+difference inside them is not established by these runs). ``run_seeds`` runs one pipeline per
+seed folder and ``write_spread_report`` writes the report over them."""
 import math
+import os
 import statistics
 from collections import defaultdict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..evaluation.bdrate import bd_metric, bd_rate
+from ..evaluation.report import REPORT_NAME
 from ..evaluation.results import RateTaskCurve
+from ..utils.io import atomic_write_bytes, atomic_write_json
+from .run import COMPRESSED_DIR, run_each_locked
 
-__all__ = ["SeedSpread", "bd_values", "bd_values_against", "mean_sd", "seed_spread"]
+__all__ = ["SEED_DIR", "SPREAD_FILE", "SeedSpread", "bd_values", "bd_values_against", "mean_sd",
+           "run_seeds", "seed_links", "seed_spread", "write_spread_report"]
+
+SEED_DIR = "seed{}"  # OUTPUT/seed<k>/: the run of one seed
+SPREAD_FILE = "seed_spread.json"  # the per-seed BD values next to the report over the seeds
 
 Key = Tuple[str, str, str]  # (task, codec, method)
 VALUE_NAMES = ("bd_rate", "bd_metric")
@@ -155,3 +164,29 @@ def seed_spread(seeds: Sequence, curves_per_seed: Sequence[Sequence[RateTaskCurv
                 anchor_method: str, method: str = "pchip") -> SeedSpread:
     """``SeedSpread`` of the BD values of each seed's curves against ``anchor_method``."""
     return SeedSpread(seeds, [bd_values(c, anchor_method, method) for c in curves_per_seed])
+
+
+def run_seeds(output: str, seeds: Sequence[int], run_one: Callable[[int, str, str], Any]) -> List:
+    """``run_one(seed, folder, compressed_root)`` for every seed, in ``seeds`` order: each seed
+    in OUTPUT/seed<k>/, the compressed sets shared in OUTPUT/compressed. Processes started with
+    the same command split the seeds (a lock per seed folder, ``run_each_locked``)."""
+    out = os.path.abspath(output)
+    folder = lambda seed: os.path.join(out, SEED_DIR.format(seed))  # noqa: E731
+    compressed = os.path.join(out, COMPRESSED_DIR)
+    return run_each_locked(list(seeds), folder, lambda seed: run_one(seed, folder(seed), compressed))
+
+
+def seed_links(seeds: Sequence[int], reports: Sequence[str], start: str) -> str:
+    """Markdown links "[seed k](path)" to each seed's report, relative to folder ``start``."""
+    return ", ".join(f"[seed {k}]({os.path.relpath(r, start)})" for k, r in zip(seeds, reports))
+
+
+def write_spread_report(folder: str, spread: "SeedSpread", head: Sequence[str],
+                        tail: Sequence[str] = ()) -> str:
+    """``folder``/report.md = ``head`` lines, the spread's table, ``tail`` lines; the values in
+    ``folder``/SPREAD_FILE. Returns the report's path."""
+    atomic_write_json(os.path.join(folder, SPREAD_FILE), spread.to_dict())
+    path = os.path.join(folder, REPORT_NAME)
+    text = "\n".join(list(head) + spread.table() + list(tail)).rstrip("\n") + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path

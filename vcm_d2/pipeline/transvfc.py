@@ -12,8 +12,8 @@ from .report import curve_from, figure_points, figure_rows
 from .run import Run, run_each_locked
 
 __all__ = [
-    "DEFAULT_LAMBDAS", "PIXEL_METHOD", "PIXEL_QUALITIES", "PIXEL_VVC_QUALITIES", "TASKS", "TASK_NETWORK_CONFIG", "TRANSVFC",
-    "figure_rows_vs_pixels", "pixel_cfg", "scaled_stage_ends", "stage1_cfg", "stage2_cfg",
+    "DEFAULT_LAMBDAS", "EVAL_SPLIT", "PIXEL_METHOD", "PIXEL_QUALITIES", "PIXEL_VVC_QUALITIES", "TASKS", "TASK_NETWORK_CONFIG", "TRANSVFC",
+    "eval_set", "figure_rows_vs_pixels", "pixel_cfg", "scaled_stage_ends", "stage1_cfg", "stage2_cfg",
     "train_stage1", "train_stage2", "train_task_networks", "transvfc_curve",
 ]
 
@@ -34,17 +34,25 @@ BASE_CONFIG = "transvfc_base_slim.yaml"
 # output folder per task (their weights become TASK.<node>.WEIGHTS of TransVFC).
 TASK_NETWORK_CONFIG = {"semseg": ("transvfc_task_slim_semseg.yaml", "semseg_network"),
                        "vis": ("vis_mask_rcnn_R18_slim.yaml", "vis_network")}
-# Per task: TransVFC task node, validation set, evaluation result key, metric.
+# Per task: TransVFC task node, synthetic dataset family (``eval_set``), evaluation result key,
+# metric.
 TASKS = {
-    "detection": ("DETECTION", "vcm_synth_val", "bbox", "AP"),
-    "semseg": ("SEM_SEG", "vcm_synth_sem_val", "sem_seg", "mIoU"),
-    "vis": ("INSTANCE_SEG", "vcm_synth_vis_val", "segm", "AP"),
+    "detection": ("DETECTION", "vcm_synth", "bbox", "AP"),
+    "semseg": ("SEM_SEG", "vcm_synth_sem", "sem_seg", "mIoU"),
+    "vis": ("INSTANCE_SEG", "vcm_synth_vis", "segm", "AP"),
 }
+EVAL_SPLIT = "val"  # the split a rate-task run evaluates on unless told otherwise
 # Config of each task's pixel anchor: the frozen task network on the decoded frames (TransVFC
 # with INFERENCE_INPUT pixels; for VIS inside the video model, which tracks and scores videos).
 PIXEL_CONFIG = {"detection": BASE_CONFIG, "semseg": BASE_CONFIG, "vis": STAGE2_CONFIG["vis"]}
 PIXEL_METHOD = ANCHOR_METHOD  # pixel codec -> frozen task network ("direct")
 TRANSVFC, TRANSVFC_METHOD = "transvfc", "fst"  # curve "transvfc/fst": decoded features -> FST
+
+
+def eval_set(task: str, split: str = EVAL_SPLIT) -> str:
+    """The synthetic dataset of ``task`` on ``split`` (e.g. "vcm_synth_sem_val"); the splits of
+    one name hold the same frames across tasks."""
+    return f"{TASKS[task][1]}_{split}"
 
 
 # ----------------------------------------------------------------------------- configs

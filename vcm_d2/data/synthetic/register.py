@@ -107,7 +107,7 @@ def register_synthetic(root: Optional[str] = None) -> None:
 
     Names: ``vcm_synth_{split}`` (images, evaluator "coco"), ``vcm_synth_vis_{split}`` (videos,
     "ytvis"), ``vcm_synth_sem_{split}`` (semantic, "sem_seg") for the splits of SPLIT_SPECS
-    (train, val, test). The first load of
+    (train, val, test, holdout). The first load of
     a split materializes it under ``root`` (default :func:`default_root`, read at call time).
     Names already registered are left untouched, so calling twice is safe.
     """
