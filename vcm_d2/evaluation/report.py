@@ -15,7 +15,7 @@ from .bdrate import METHODS, MIN_OVERLAP, NON_MONOTONIC_POLICIES, bd_metric, bd_
 from .results import PathLike, RateTaskCurve
 
 __all__ = ["BD_METRIC_FMT", "BD_RATE_FMT", "BPP_FMT", "METRIC_FMT", "REPORT_NAME", "bd_cells",
-           "write_report"]
+           "bd_overlaps", "write_report"]
 
 REPORT_NAME = "report.md"
 # write_report(plot_by=...): one plot per (task, codec), or one per task with every curve
@@ -54,6 +54,20 @@ def bd_cells(anchor: RateTaskCurve, test: RateTaskCurve, method: str = "pchip", 
         cells.append(fmt.format(res.value))
         notes.extend(res.warnings)
     return (cells[0], cells[1]), list(dict.fromkeys(notes))
+
+
+def bd_overlaps(anchor: RateTaskCurve, test: RateTaskCurve, method: str = "pchip", *,
+                on_non_monotonic: str = "drop") -> Tuple[Optional[float], Optional[float]]:
+    """The fractions of the union of both curves' ranges that the BD-rate (metric axis) and the
+    BD-metric (log-rate axis) average over; None where the value is undefined."""
+    args = (anchor.rates(), anchor.metrics(), test.rates(), test.metrics(), method)
+    out = []
+    for fn in (bd_rate, bd_metric):
+        try:
+            out.append(fn(*args, on_non_monotonic=on_non_monotonic, min_overlap=0.0).overlap)
+        except (ValueError, RuntimeError):
+            out.append(None)
+    return out[0], out[1]
 
 
 def _safe(text: str) -> str:

@@ -4,7 +4,7 @@ import os
 from typing import List, Mapping, Sequence, Tuple
 
 from ..engine.figures import FigureRow, is_figure_current, write_prediction_figure
-from ..evaluation.report import bd_cells
+from ..evaluation.report import bd_cells, bd_overlaps
 from ..evaluation.results import RateTaskCurve
 from .run import StepTimes
 
@@ -91,9 +91,10 @@ def points_table(curves: Sequence[RateTaskCurve], by_quality: bool = True) -> st
 def bd_table(curves: Sequence[RateTaskCurve], test_codec: str, anchor_codecs: Sequence[str]
              ) -> List[str]:
     """Markdown: BD-rate / BD-metric of the ``test_codec`` curve of each task against the curve
-    of each of ``anchor_codecs`` (e.g. TransVFC against every pixel codec)."""
-    lines = [f"| task | anchor | BD-rate of {test_codec} (%) | BD-metric | notes |",
-             "|---|---|---|---|---|"]
+    of each of ``anchor_codecs`` (e.g. TransVFC against every pixel codec), with the overlap
+    each averages over (the share of the union of both curves' metric / log-rate ranges)."""
+    lines = [f"| task | anchor | BD-rate of {test_codec} (%) | BD-metric | overlap: metric / "
+             "log-rate | notes |", "|---|---|---|---|---|---|"]
     by_name = {(c.task, c.codec): c for c in curves}
     for task in sorted({c.task for c in curves}):
         test = by_name.get((task, test_codec))
@@ -102,7 +103,9 @@ def bd_table(curves: Sequence[RateTaskCurve], test_codec: str, anchor_codecs: Se
             if test is None or anchor is None:
                 continue
             (bdr, bdm), notes = bd_cells(anchor, test)
-            lines.append(f"| {task} | {codec} | {bdr} | {bdm} | "
+            overlap = " / ".join("n/a" if o is None else f"{o:.0%}"
+                                 for o in bd_overlaps(anchor, test))
+            lines.append(f"| {task} | {codec} | {bdr} | {bdm} | {overlap} | "
                          f"{'; '.join(notes).replace('|', '/')} |")
     return lines
 
