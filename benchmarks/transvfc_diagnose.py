@@ -10,9 +10,6 @@ Detection (--task detection, AP):
     decoded        each stage-1 model's decoded feature -> identity FST -> tail: what the codec
                    keeps, before any FST training (a residual FST at its init)
     decoded, I     the same with every frame an I-frame (GOP 1, --intra-only): the intra codec
-    reduced        each stage-1 model's channel reduction and restoration alone, no entropy
-                   coding (INFERENCE_INPUT reduced_features, --reduced): the bound the decoded
-                   feature tends to as the rate grows
     decoded + FST  each stage-2 model, as the benchmark evaluates it (if trained)
 
 Semantic segmentation (--task semseg, mIoU): the FST maps the detector's res2 into another
@@ -70,9 +67,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the benchmark's seed")
     p.add_argument("--intra-only", action="store_true",
                    help="add the rows of every stage-1 model with I-frames only (GOP 1)")
-    p.add_argument("--reduced", action="store_true",
-                   help="add the rows of every stage-1 model's channel bottleneck alone "
-                        "(detection; no entropy coding, no bits)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="the benchmark's config overrides, KEY VALUE pairs")
@@ -123,9 +117,7 @@ def main(argv=None) -> List[str]:
         s2_weights = os.path.join(s2.OUTPUT_DIR, FINAL_WEIGHTS)
         if args.task == "detection":
             for step, opts in [("decoded", [])] + (
-                    [("decoded, I", [TRANSVFC + "GOP", 1])] if args.intra_only else []) + (
-                    [("reduced", [TRANSVFC + "INFERENCE_INPUT", "reduced_features"])]
-                    if args.reduced else []):
+                    [("decoded, I", [TRANSVFC + "GOP", 1])] if args.intra_only else []):
                 todo.append((step, lam, os.path.join(s1.OUTPUT_DIR, FINAL_WEIGHTS), s2,
                              IDENTITY_FST + opts))
         elif is_trained(s2):

@@ -193,32 +193,6 @@ def test_uncoded_feature_inference_skips_only_the_codec(tmp_path):
         assert not model.stream_coder._streams  # the codec never ran
 
 
-def test_reduced_feature_inference_is_the_channel_bottleneck_alone(monkeypatch):
-    """INFERENCE_INPUT "reduced_features": res2 -> R -> R^-1 -> FST -> tail, no entropy coding
-    and no bits; with R^-1(R(.)) replaced by the identity it is the uncoded path."""
-    frames = [{"image": _image(97, 131, seed=s), "height": 97, "width": 131, "video_id": 0,
-               "frame_idx": s} for s in range(2)]
-
-    def run(inference_input):
-        model = _model(SLIM, "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", inference_input, seed=1).eval()
-        with torch.no_grad():
-            return model, model([dict(f) for f in frames])
-
-    _, uncoded = run("uncoded_features")
-    model, reduced = run("reduced_features")
-    assert all("bits" not in r for r in reduced) and not model.stream_coder._streams
-    feature = model.image_to_feature(frames[0]["image"])
-    assert model.codec.reduce_restore(feature).shape == feature.shape  # odd size: padded, cropped
-    boxes = lambda outs: [o["instances"].pred_boxes.tensor for o in outs]  # noqa: E731
-    assert not all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
-                   for a, b in zip(boxes(reduced), boxes(uncoded)))
-    monkeypatch.setattr(type(model.codec), "reduce_restore", lambda self, f: f)
-    with torch.no_grad():
-        bypassed = model([dict(f) for f in frames])
-    assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
-               for a, b in zip(boxes(bypassed), boxes(uncoded)))
-
-
 def test_checkpoint_shape_mismatch_is_skipped_with_a_warning(tmp_path, caplog):
     torch.manual_seed(0)
     detector = build_model(_cfg(SLIM_DETECTOR, "MODEL.ROI_HEADS.NUM_CLASSES", "3"))

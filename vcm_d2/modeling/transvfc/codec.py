@@ -284,14 +284,6 @@ class TransVFCCodec(CompressionModel):
             reference = f_hat.detach() if self.detach_reference else f_hat
         return out
 
-    @torch.no_grad()
-    def reduce_restore(self, feature: Tensor) -> Tensor:
-        """R^-1(R(F)) without coding: the codec's channel bottleneck alone, i.e. what the
-        decoded feature tends to as the rate grows (a diagnostic bound, no bits)."""
-        self._check_feature(feature)
-        x = pad_to_multiple(feature, self.pad_multiple)
-        return crop_to(self.channel_restoration(self.channel_reduction(x)), tuple(feature.shape[-2:]))
-
     # ------------------------------------------------------------------ entropy coding
     @torch.no_grad()
     def compress_frame(self, feature: Tensor, perception: Optional[PerceptionFn] = None,

@@ -159,9 +159,7 @@ def _add_meta_arch_config(T):
     # task network on the input frame itself, no feature coding and no bits: the anchor of a
     # pixel codec whose decoded frames and bits come from a pair dataset) or "uncoded_features"
     # (the res2 feature through each task's FST without the codec, no bits: what the FSTs and
-    # tails reach when coding loses nothing) or "reduced_features" (through the codec's channel
-    # reduction and restoration only, no entropy coding, no bits: the bound of the codec's
-    # channel bottleneck as the rate grows).
+    # tails reach when coding loses nothing).
     T.INFERENCE_INPUT = "coded_features"
 
     # ------------------------------------------------------------------ tasks

@@ -67,7 +67,7 @@ __all__ = ["TransVFC", "TRAIN_STAGES", "INFERENCE_INPUTS", "PIXEL_RANGE"]
 logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("codec", "fst", "task")
-INFERENCE_INPUTS = ("coded_features", "uncoded_features", "reduced_features", "pixels")
+INFERENCE_INPUTS = ("coded_features", "uncoded_features", "pixels")
 # Module (attribute) trained in each stage; every other module is frozen and kept in eval mode.
 _TRAINED_MODULE = {"codec": "codec", "fst": "fst", "task": "tasks"}
 _ALL_MODULES = ("backbone", "codec", "fst", "tasks")
@@ -401,9 +401,7 @@ class TransVFC(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: List[dict]) -> List[dict]:
         """Code each frame for real (per-video streams, module docstring) and run every task;
-        INFERENCE_INPUT "uncoded_features": the same without the codec (no bits);
-        "reduced_features": through the codec's channel reduction and restoration only (no
-        entropy coding, no bits)."""
+        INFERENCE_INPUT "uncoded_features": the same without the codec (no bits)."""
         if self.inference_input == "pixels":
             return self.pixel_inference(batched_inputs)
         outputs = []
@@ -415,8 +413,6 @@ class TransVFC(nn.Module):
                 feature, record, bits = self.stream_coder.code_frame(
                     feature, inp.get("video_id"), inp.get("frame_idx"))
                 out = {BITS: bits, "frame_type": record["type"]}
-            elif self.inference_input == "reduced_features":
-                feature = self.codec.reduce_restore(feature)
             out_size = (int(inp.get("height", size[0])), int(inp.get("width", size[1])))
             out.update(self.run_tasks(feature, [size], [out_size])[0])
             outputs.append(out)
