@@ -18,6 +18,19 @@ def _run(tmp_path):
     return Run(str(tmp_path), CONFIG_DIR, threads=torch.get_num_threads())
 
 
+def _save_untrained(cfg) -> str:
+    """cfg's model with seeded random weights as OUTPUT_DIR/model_final.pth (a run's folder
+    without the training); returns the path."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from vcm_d2.engine import VCMTrainer
+
+    torch.manual_seed(0)
+    os.makedirs(cfg.OUTPUT_DIR)
+    DetectionCheckpointer(VCMTrainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR).save("model_final")
+    return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+
+
 def test_scaled_stage_ends_keep_table1_proportions():
     table1 = [167, 333, 667, 833, 1000]
     assert bench.scaled_stage_ends(table1, 1000) == table1
@@ -132,20 +145,13 @@ def test_transvfc_diagnose_evaluates_each_step_of_a_run_once(tmp_path, monkeypat
     stage-1 model's decoded feature (also I-frames only), the stage-2 models that exist; errors
     for a missing stage-1 model; a rerun is served from the caches."""
     from catalog_helpers import shortened
-    from detectron2.checkpoint import DetectionCheckpointer
 
     from vcm_d2.engine import VCMTrainer
     from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
 
     diag = load_tool("transvfc_diagnose", "benchmarks")
     run = _run(tmp_path)
-
-    def save(cfg):
-        torch.manual_seed(0)
-        os.makedirs(cfg.OUTPUT_DIR)
-        DetectionCheckpointer(VCMTrainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR).save(
-            "model_final")
-
+    save = _save_untrained
     save(SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path / "clean"), iters=600))
     argv = ["--output", str(tmp_path), "--lambdas", "4", "--stage1-iters", "6",
             "--finetune-iters", "5", "--stage2-iters", "5", "--split", "test",
@@ -224,22 +230,13 @@ def test_transvfc_diagnose_splits_the_segmentation_loss_into_mapping_and_coding(
     """--task semseg: the segmentation network on uncompressed frames, then each stage-2 FST on
     the uncoded feature (no bits) and on the decoded one (the benchmark's point)."""
     from catalog_helpers import shortened
-    from detectron2.checkpoint import DetectionCheckpointer
 
-    from vcm_d2.engine import VCMTrainer
     from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
     from vcm_d2.pipeline.transvfc import TASK_NETWORK_CONFIG
 
     diag = load_tool("transvfc_diagnose", "benchmarks")
     run = _run(tmp_path)
-
-    def save(cfg):
-        torch.manual_seed(0)
-        os.makedirs(cfg.OUTPUT_DIR)
-        DetectionCheckpointer(VCMTrainer.build_model(cfg), save_dir=cfg.OUTPUT_DIR).save(
-            "model_final")
-        return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-
+    save = _save_untrained
     save(SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, str(tmp_path / "clean"), iters=600))
     config, sub = TASK_NETWORK_CONFIG["semseg"]
     argv = ["--output", str(tmp_path), "--task", "semseg", "--lambdas", "4", "--stage1-iters",
