@@ -39,6 +39,7 @@ import torch
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.codecs.neural import learned_codec_options
+from vcm_d2.data.synthetic import SPLIT_SPECS
 from vcm_d2.evaluation.report import write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import Run
@@ -48,7 +49,6 @@ from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_fig
 from vcm_d2.pipeline.run import register_joined_pairs
 from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, run_seeds, seed_links,
                                    write_spread_report)
-from vcm_d2.data.synthetic import SPLIT_SPECS
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, PIXEL_QUALITIES,
                                       PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, eval_set,
                                       figure_rows_vs_pixels, pixel_cfg, train_stage1,

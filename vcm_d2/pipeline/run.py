@@ -206,8 +206,12 @@ def _local_path(value: Any, output_dir: str) -> Any:
 def _run_record(cfg) -> Dict:
     """What identifies a finished training for reuse by a resumed run: iterations, initial
     weights, training sets, seed and the whole config (without RECORD_IGNORED_KEYS)."""
+    def recorded(key):
+        return not any(key == i or (i.endswith(".") and key.startswith(i))
+                       for i in RECORD_IGNORED_KEYS)
+
     config = {k: _local_path(v, cfg.OUTPUT_DIR) for k, v in _flat_config(cfg).items()
-              if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in RECORD_IGNORED_KEYS)}
+              if recorded(k)}
     return {"max_iter": int(cfg.SOLVER.MAX_ITER), "weights": cfg.MODEL.WEIGHTS,
             "train_sets": list(cfg.DATASETS.TRAIN), "seed": int(cfg.SEED), "config": config}
 

@@ -31,6 +31,7 @@ from .register import (
 from .render import SyntheticVideo, render_video
 from .spec import (
     CLASS_NAMES,
+    HOLDOUT_SPEC,
     IGNORE_LABEL,
     KEYPOINT_CONNECTION_RULES,
     KEYPOINT_FLIP_MAP,
@@ -40,7 +41,6 @@ from .spec import (
     SPLIT_SPECS,
     STUFF_CLASSES,
     TEST_SPEC,
-    HOLDOUT_SPEC,
     TRAIN_SPEC,
     VAL_SPEC,
     SyntheticSpec,
