@@ -155,7 +155,8 @@ def main(argv=None):
                 + seed_links(args.seeds, reports, os.path.join(out, folder)) + ".", ""]
         tail = [""] + spread.overlap_lines() + [""] + spread.paired_lines(PAIRED_REFERENCE)
         path = write_spread_report(os.path.join(out, folder), spread, head, tail)
-        print(open(path).read())
+        with open(path) as f:
+            print(f.read())
         logger.info("report written to %s", path)
     return 0
 

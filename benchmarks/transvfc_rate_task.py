@@ -137,9 +137,14 @@ def main(argv=None):
         return run_seed(args, args.seeds[0], args.output, "", learned, codecs)[0]
     per_seed = run_seeds(args.output, args.seeds, lambda seed, folder, compressed: run_seed(
         args, seed, folder, compressed, learned, codecs))
-    out = os.path.abspath(args.output)
-    return spread_report(out if args.split == EVAL_SPLIT else os.path.join(out, args.split),
-                         args.seeds, [r for r, _ in per_seed], [c for _, c in per_seed], codecs)
+    return spread_report(split_dir(os.path.abspath(args.output), args.split), args.seeds,
+                         [r for r, _ in per_seed], [c for _, c in per_seed], codecs)
+
+
+def split_dir(out: str, split: str) -> str:
+    """Where the report, curves and figures of ``split`` go: ``out`` for the default split,
+    else out/<split>/, next to the same models."""
+    return out if split == EVAL_SPLIT else os.path.join(out, split)
 
 
 def spread_report(out: str, seeds: Sequence[int], reports: Sequence[str],
@@ -174,9 +179,8 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
 
     logger.info("[1/5] compressing the %s split with %s", args.split, codecs)
     pairs = compress_split(run, args.split, codecs, qualities_of, options_of, args.workers)
-    # another split's report, curves and figures go to OUTPUT/<split>/, next to the same models
     suffix = "" if args.split == EVAL_SPLIT else f"_{args.split}"  # step names in timings
-    report_dir = run.out if args.split == EVAL_SPLIT else os.path.join(run.out, args.split)
+    report_dir = split_dir(run.out, args.split)
 
     logger.info("[2/5] clean detector and task networks")
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"),

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..utils.io import atomic_write_bytes
-from .bdrate import METHODS, MIN_OVERLAP, NON_MONOTONIC_POLICIES, bd_metric, bd_rate
+from .bdrate import METHODS, MIN_OVERLAP, NON_MONOTONIC_POLICIES, BDResult, bd_metric, bd_rate
 from .results import PathLike, RateTaskCurve
 
 __all__ = ["BD_METRIC_FMT", "BD_RATE_FMT", "BPP_FMT", "METRIC_FMT", "REPORT_NAME", "bd_cells",
-           "bd_overlaps", "write_report"]
+           "bd_results", "cells_of", "overlaps_of", "write_report"]
 
 REPORT_NAME = "report.md"
 # write_report(plot_by=...): one plot per (task, codec), or one per task with every curve
@@ -35,39 +35,52 @@ DPI = 100
 LOG_MINOR_LABELS = (2, 5)
 
 Anchor = Union[None, str, Mapping[str, str]]
+# A BD value's result, or the error that makes it undefined (``bd_results``).
+BDOutcome = Union[BDResult, Exception]
+BD_FUNCTIONS = (bd_rate, bd_metric)  # the order of every (BD-rate, BD-metric) pair
 
 
-def bd_cells(anchor: RateTaskCurve, test: RateTaskCurve, method: str = "pchip", *,
-             on_non_monotonic: str = "drop", min_overlap: float = MIN_OVERLAP
-             ) -> Tuple[Tuple[str, str], List[str]]:
-    """(BD-rate %, BD-metric) of ``test`` against ``anchor`` as table cells ("n/a" where it is
-    undefined), and the notes to show with them (the reasons and bdrate's warnings, once each)."""
+def bd_results(anchor: RateTaskCurve, test: RateTaskCurve, method: str = "pchip", *,
+               on_non_monotonic: str = "drop", min_overlap: float = MIN_OVERLAP
+               ) -> Tuple[BDOutcome, BDOutcome]:
+    """BD-rate and BD-metric of ``test`` against ``anchor``: each a ``BDResult`` (value, overlap,
+    warnings), or the ValueError / RuntimeError that makes it undefined."""
     args = (anchor.rates(), anchor.metrics(), test.rates(), test.metrics(), method)
-    cells, notes = [], []
-    for fn, fmt in ((bd_rate, BD_RATE_FMT), (bd_metric, BD_METRIC_FMT)):
+    out: List[BDOutcome] = []
+    for fn in BD_FUNCTIONS:
         try:
-            res = fn(*args, on_non_monotonic=on_non_monotonic, min_overlap=min_overlap)
+            out.append(fn(*args, on_non_monotonic=on_non_monotonic, min_overlap=min_overlap))
         except (ValueError, RuntimeError) as e:
+            out.append(e)
+    return out[0], out[1]
+
+
+def cells_of(results: Sequence[BDOutcome]) -> Tuple[Tuple[str, str], List[str]]:
+    """``bd_results`` as table cells ("n/a" where undefined) and the notes to show with them
+    (the reasons and bdrate's warnings, once each)."""
+    cells, notes = [], []
+    for fn, fmt, res in zip(BD_FUNCTIONS, (BD_RATE_FMT, BD_METRIC_FMT), results):
+        if isinstance(res, Exception):
             cells.append(NOT_AVAILABLE)
-            notes.append(f"{fn.__name__}: {e}")
+            notes.append(f"{fn.__name__}: {res}")
             continue
         cells.append(fmt.format(res.value))
         notes.extend(res.warnings)
     return (cells[0], cells[1]), list(dict.fromkeys(notes))
 
 
-def bd_overlaps(anchor: RateTaskCurve, test: RateTaskCurve, method: str = "pchip", *,
-                on_non_monotonic: str = "drop") -> Tuple[Optional[float], Optional[float]]:
+def overlaps_of(results: Sequence[BDOutcome]) -> Tuple[Optional[float], ...]:
     """The fractions of the union of both curves' ranges that the BD-rate (metric axis) and the
-    BD-metric (log-rate axis) average over; None where the value is undefined."""
-    args = (anchor.rates(), anchor.metrics(), test.rates(), test.metrics(), method)
-    out = []
-    for fn in (bd_rate, bd_metric):
-        try:
-            out.append(fn(*args, on_non_monotonic=on_non_monotonic, min_overlap=0.0).overlap)
-        except (ValueError, RuntimeError):
-            out.append(None)
-    return out[0], out[1]
+    BD-metric (log-rate axis) of ``bd_results`` average over; None where undefined."""
+    return tuple(None if isinstance(r, Exception) else r.overlap for r in results)
+
+
+def bd_cells(anchor: RateTaskCurve, test: RateTaskCurve, method: str = "pchip", *,
+             on_non_monotonic: str = "drop", min_overlap: float = MIN_OVERLAP
+             ) -> Tuple[Tuple[str, str], List[str]]:
+    """(BD-rate %, BD-metric) of ``test`` against ``anchor`` as table cells, and their notes."""
+    return cells_of(bd_results(anchor, test, method, on_non_monotonic=on_non_monotonic,
+                               min_overlap=min_overlap))
 
 
 def _safe(text: str) -> str:

@@ -4,7 +4,7 @@ import os
 from typing import List, Mapping, Sequence, Tuple
 
 from ..engine.figures import FigureRow, is_figure_current, write_prediction_figure
-from ..evaluation.report import bd_cells, bd_overlaps
+from ..evaluation.report import bd_results, cells_of, overlaps_of
 from ..evaluation.results import RateTaskCurve
 from .run import StepTimes
 
@@ -102,9 +102,9 @@ def bd_table(curves: Sequence[RateTaskCurve], test_codec: str, anchor_codecs: Se
             anchor = by_name.get((task, codec))
             if test is None or anchor is None:
                 continue
-            (bdr, bdm), notes = bd_cells(anchor, test)
-            overlap = " / ".join("n/a" if o is None else f"{o:.0%}"
-                                 for o in bd_overlaps(anchor, test))
+            results = bd_results(anchor, test)
+            (bdr, bdm), notes = cells_of(results)
+            overlap = " / ".join("n/a" if o is None else f"{o:.0%}" for o in overlaps_of(results))
             lines.append(f"| {task} | {codec} | {bdr} | {bdm} | {overlap} | "
                          f"{'; '.join(notes).replace('|', '/')} |")
     return lines

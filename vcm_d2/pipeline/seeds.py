@@ -8,8 +8,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..evaluation.bdrate import bd_metric, bd_rate
-from ..evaluation.report import REPORT_NAME
+from ..evaluation.report import REPORT_NAME, bd_results
 from ..evaluation.results import RateTaskCurve
 from ..utils.io import atomic_write_bytes, atomic_write_json
 from .run import COMPRESSED_DIR, run_each_locked
@@ -54,14 +53,8 @@ def bd_values_against(curves: Sequence[RateTaskCurve], test_codec: str,
 def _bd_pair(anchor: RateTaskCurve, test: RateTaskCurve, method: str
              ) -> Tuple[Optional[float], Optional[float]]:
     """(BD-rate, BD-metric) of ``test`` against ``anchor``; None where undefined."""
-    values = []
-    for fn in (bd_rate, bd_metric):
-        try:
-            values.append(fn(anchor.rates(), anchor.metrics(), test.rates(), test.metrics(),
-                             method).value)
-        except (ValueError, RuntimeError):
-            values.append(None)
-    return tuple(values)
+    return tuple(None if isinstance(r, Exception) else r.value
+                 for r in bd_results(anchor, test, method))
 
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
