@@ -38,7 +38,9 @@ from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
 from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.run import EVAL_CACHE_FILE, FINAL_WEIGHTS, evaluate, is_trained
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, STAGE2_CONFIG, TASK_NETWORK_CONFIG, TASKS,
-                                      eval_set, pixel_cfg, stage1_cfg, stage2_cfg)
+                                      add_stage1_arguments, eval_set, parse_lambda_iters,
+                                      pixel_cfg, stage1_cfg, stage1_iterations, stage2_cfg,
+                                      task_network_weights)
 from vcm_d2.utils.io import atomic_write_bytes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
@@ -58,9 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--split", default="test", help="synthetic split to evaluate on")
     p.add_argument("--lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS),
                    help="the benchmark's --lambdas (its chain order)")
-    p.add_argument("--stage1-iters", type=int, default=1000, help="the benchmark's --stage1-iters")
-    p.add_argument("--finetune-iters", type=int, default=300,
-                   help="the benchmark's --finetune-iters")
+    add_stage1_arguments(p)  # the benchmark's, to find its stage-1 models
     p.add_argument("--stage2-iters", type=int, default=300, help="the benchmark's --stage2-iters")
     p.add_argument("--train-iters", type=int, default=DEFAULT_TRAIN_ITERS,
                    help="the benchmark's --train-iters (clean detector)")
@@ -81,8 +81,7 @@ def main(argv=None) -> List[str]:
     folder = os.path.join(run.out, "diagnose", dataset)
     clean = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(run.out, "clean"), run.extra,
                                           iters=args.train_iters)
-    task_weights = {t: os.path.join(run.out, sub, FINAL_WEIGHTS)
-                    for t, (_, sub) in TASK_NETWORK_CONFIG.items() if t == args.task}
+    task_weights = {t: task_network_weights(run, t) for t in TASK_NETWORK_CONFIG if t == args.task}
     for weights in [os.path.join(clean.OUTPUT_DIR, FINAL_WEIGHTS)] + list(task_weights.values()):
         if not os.path.exists(weights):
             raise FileNotFoundError(f"no {weights}: run benchmarks/transvfc_rate_task.py with "
@@ -108,8 +107,10 @@ def main(argv=None) -> List[str]:
                  run.cfg(STAGE2_CONFIG["detection"], "", run.extra + IDENTITY_FST + uncoded))]
     else:  # the segmentation network itself on uncompressed frames (its own res2)
         todo = [("uncoded", None, detector, pixel_cfg(run, args.task, task_weights))]
-    for i, lam in enumerate(args.lambdas):  # every model checked before anything is evaluated
-        s1 = stage1_cfg(run, lam, args.stage1_iters if i == 0 else args.finetune_iters, "")
+    iters = stage1_iterations(args.lambdas, args.stage1_iters, args.finetune_iters,
+                              parse_lambda_iters(args.lambda_iters))
+    for lam, lam_iters in zip(args.lambdas, iters):  # every model checked before any evaluation
+        s1 = stage1_cfg(run, lam, lam_iters, "")
         if not is_trained(s1):
             raise FileNotFoundError(f"no stage-1 model in {s1.OUTPUT_DIR} (check --lambdas and "
                                     "the iterations against the benchmark's)")

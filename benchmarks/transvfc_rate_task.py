@@ -50,9 +50,10 @@ from vcm_d2.pipeline.run import register_joined_pairs
 from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, run_seeds, seed_links,
                                    write_spread_report)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, PIXEL_QUALITIES,
-                                      PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, eval_set,
-                                      figure_rows_vs_pixels, pixel_cfg, train_stage1,
-                                      train_stage2, train_task_networks, transvfc_curve)
+                                      PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, add_stage1_arguments,
+                                      eval_set, figure_rows_vs_pixels, parse_lambda_iters,
+                                      pixel_cfg, stage1_iterations, train_stage1, train_stage2,
+                                      train_task_networks, transvfc_curve)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 
@@ -68,10 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS),
                    help="lambda_R of the stage-1 models (slim configs exist for 1, 4, 16, 32, 128, "
                         "256); trained in this order, each next one fine-tuned from the previous")
-    p.add_argument("--stage1-iters", type=int, default=1000,
-                   help="iterations of the first lambda's stage 1 (its config's schedule, scaled)")
-    p.add_argument("--finetune-iters", type=int, default=300,
-                   help="stage-1 iterations of every further lambda, from the previous one")
+    add_stage1_arguments(p)
     p.add_argument("--stage2-iters", type=int, default=300, help="stage-2 (FST) iterations")
     p.add_argument("--semseg-iters", type=int, default=1500,
                    help="iterations of the slim segmentation network (uncoded frames)")
@@ -130,6 +128,8 @@ def main(argv=None):
     lambdas = list(args.lambdas)
     if len(set(lambdas)) != len(lambdas) or len(lambdas) < 2:
         raise ValueError(f"--lambdas needs at least two distinct values, got {lambdas}")
+    stage1_iterations(lambdas, args.stage1_iters, args.finetune_iters,
+                      parse_lambda_iters(args.lambda_iters))  # checked before any work
     learned = dict(learned_codec_options(spec, args.learned_qualities, {"gop": args.gop})
                    for spec in args.learned)
     codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
@@ -190,7 +190,9 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
                                        {"semseg": args.semseg_iters, "vis": args.vis_iters})
 
     logger.info("[3/5] stage 1 at lambda_R %s", lambdas)
-    stage1 = train_stage1(run, lambdas, args.stage1_iters, args.finetune_iters, detector)
+    lambda_iters = parse_lambda_iters(args.lambda_iters)
+    stage1 = train_stage1(run, lambdas, stage1_iterations(
+        lambdas, args.stage1_iters, args.finetune_iters, lambda_iters), detector)
 
     logger.info("[4/5] stage 2 (FST) for %s", args.tasks)
     models = {task: train_stage2(run, task, stage1, args.stage2_iters, task_weights)
@@ -199,7 +201,8 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
     logger.info("[5/5] evaluation")
     curves, clean, figure_lines = [], {}, []
     meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
-            "stage2_iters": args.stage2_iters}
+            "stage2_iters": args.stage2_iters,
+            "lambda_iters": {f"{lam:g}": it for lam, it in lambda_iters.items()}}
     for task in args.tasks:
         _, _, key, metric = TASKS[task]
         val_set = eval_set(task, args.split)
@@ -223,7 +226,9 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
     lines = [f"Slim models on 128x128 frames, {torch.get_num_threads()} torch thread(s). Stage 1: "
              f"lambda_R {lambdas[0]:g} {args.stage1_iters} iterations from the clean detector "
              f"({args.train_iters} it), then each next lambda_R fine-tuned {args.finetune_iters} "
-             f"iterations from the previous; stage 2: {args.stage2_iters} iterations per task and "
+             f"iterations from the previous"
+             + "".join(f" ({lam:g}: {it})" for lam, it in lambda_iters.items())
+             + f"; stage 2: {args.stage2_iters} iterations per task and "
              f"lambda_R. Pixel codecs: {', '.join(args.codecs)} (x264/x265 CRF "
              f"{', '.join(f'{q:g}' for q in args.qualities)}, vvc QP "
              f"{', '.join(f'{q:g}' for q in args.vvc_qualities)}; GOP {args.gop})"

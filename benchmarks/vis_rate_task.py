@@ -49,9 +49,10 @@ from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.report import (bd_table, curve_from, figure_rows, points_table,
                                     strongest_point_lines, write_figures)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_QUALITIES, PIXEL_VVC_QUALITIES,
-                                      TASK_NETWORK_CONFIG, TRANSVFC, figure_rows_vs_pixels,
-                                      train_stage1, train_stage2, train_task_networks,
-                                      transvfc_curve)
+                                      TASK_NETWORK_CONFIG, TRANSVFC, add_stage1_arguments,
+                                      figure_rows_vs_pixels, parse_lambda_iters,
+                                      stage1_iterations, train_stage1, train_stage2,
+                                      train_task_networks, transvfc_curve)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET = "vcm_synth_vis_train"
@@ -95,10 +96,7 @@ def parse_args(argv=None):
                    help="iterations of the VIS network from the clean detector")
     p.add_argument("--lambdas", nargs="*", type=float, default=list(DEFAULT_LAMBDAS),
                    help="lambda_R of the TransVFC models (none: no TransVFC rows)")
-    p.add_argument("--stage1-iters", type=int, default=1000,
-                   help="iterations of the first lambda's stage 1")
-    p.add_argument("--finetune-iters", type=int, default=300,
-                   help="stage-1 iterations of every further lambda")
+    add_stage1_arguments(p)
     p.add_argument("--stage2-iters", type=int, default=300, help="stage-2 (FST) iterations")
     p.add_argument("--test-set", default=TEST_SET,
                    help="videos of the direct / fine-tune / CDRE / TransVFC curves")
@@ -172,10 +170,13 @@ def main(argv=None):
     transvfc_curves, transvfc_models = [], []
     if args.lambdas:
         logger.info("[5/7] TransVFC at lambda_R %s", args.lambdas)
-        stage1 = train_stage1(run, args.lambdas, args.stage1_iters, args.finetune_iters, detector)
+        lambda_iters = parse_lambda_iters(args.lambda_iters)
+        stage1 = train_stage1(run, args.lambdas, stage1_iterations(
+            args.lambdas, args.stage1_iters, args.finetune_iters, lambda_iters), detector)
         transvfc_models = train_stage2(run, TASK, stage1, args.stage2_iters, {TASK: vis_weights})
         meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
-                "stage2_iters": args.stage2_iters}
+                "stage2_iters": args.stage2_iters,
+                "lambda_iters": {f"{lam:g}": it for lam, it in lambda_iters.items()}}
         transvfc_curves.append(transvfc_curve(run, TASK, transvfc_models, args.test_set, meta,
                                               step_suffix="_test"))
 

@@ -64,6 +64,42 @@ def test_stage_configs_chain_and_keep_the_stream_identity(tmp_path):
     assert vis_pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"
 
 
+def test_stage1_chain_takes_iterations_per_lambda(tmp_path, monkeypatch):
+    """--lambda-iters: a longer schedule for some lambda_R of the chain; each model still starts
+    from the previous one. Bad specs and lambda_R outside the chain are refused before any work."""
+    assert bench.parse_lambda_iters(["0.25=2000", "1e-1=7"]) == {0.25: 2000, 0.1: 7}
+    for bad in (["0.25"], ["x=3"], ["0.25=0"], ["0.25=1.5"], ["1=3", "1.0=4"]):
+        with pytest.raises(ValueError, match="LAMBDA=ITERS|twice"):
+            bench.parse_lambda_iters(bad)
+    lambdas = [256, 4, 0.25]
+    assert bench.stage1_iterations(lambdas, 1000, 300) == [1000, 300, 300]
+    assert bench.stage1_iterations(lambdas, 1000, 300, {0.25: 2000, 256: 50}) == [50, 300, 2000]
+    with pytest.raises(ValueError, match="lambda_R 0.5, which the chain 256, 4, 0.25 lacks"):
+        bench.stage1_iterations(lambdas, 1000, 300, {0.5: 10})
+
+    run = _run(tmp_path)
+    trained = []
+
+    def fake_train(cfg, step):
+        trained.append((step, cfg.SOLVER.MAX_ITER, cfg.MODEL.WEIGHTS))
+        return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+
+    monkeypatch.setattr(run, "train", fake_train)
+    cfgs = bench.train_stage1(run, lambdas, [10, 5, 20], "detector.pth")
+    assert [t[:2] for t in trained] == [("stage1_lambda256", 10), ("stage1_lambda4", 5),
+                                        ("stage1_lambda0.25", 20)]
+    assert [t[2] for t in trained] == ["detector.pth"] + [
+        os.path.join(c.OUTPUT_DIR, "model_final.pth") for c in cfgs[:2]]
+    assert os.path.basename(cfgs[2].OUTPUT_DIR) == "lambda0.25_20it"
+    with pytest.raises(ValueError, match="2 iteration counts for 3 lambda_R"):
+        bench.train_stage1(run, lambdas, [10, 5], "detector.pth")
+    tvfc = load_tool("transvfc_rate_task", "benchmarks")
+    with pytest.raises(ValueError, match="which the chain"):  # before compressing anything
+        tvfc.main(["--output", str(tmp_path / "bad"), "--lambdas", "4", "1",
+                   "--lambda-iters", "2=100"])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_seed_spread_on_hand_made_curves(tmp_path):
     """A method that needs 0.5x / 0.8x the anchor's rate for the same metric in two runs has
     BD-rate -50 / -20 %: mean -35, sample sd 21.2; intervals of two methods are compared."""

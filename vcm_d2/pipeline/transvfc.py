@@ -1,19 +1,21 @@
 """TransVFC's steps in a rate-task run: stage 1 per lambda_R (a chain of codecs), stage 2 per
 task (the FSTs), the frozen task networks they need, and the curve of a set of stage-2 models
 coding a dataset for real. Config names are those of ``configs/synthetic`` (slim models)."""
+import argparse
 import os
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..engine.figures import FigureRow
 from ..evaluation.results import RateTaskCurve
 from .methods import ANCHOR_METHOD, scale_schedule
 from .rate_task import DEFAULT_QUALITIES, DEFAULT_VVC_QUALITIES
 from .report import curve_from, figure_points, figure_rows
-from .run import Run, run_each_locked
+from .run import FINAL_WEIGHTS, Run, run_each_locked
 
 __all__ = [
     "DEFAULT_LAMBDAS", "EVAL_SPLIT", "PIXEL_METHOD", "PIXEL_QUALITIES", "PIXEL_VVC_QUALITIES", "TASKS", "TASK_NETWORK_CONFIG", "TRANSVFC",
-    "eval_set", "figure_rows_vs_pixels", "pixel_cfg", "scaled_stage_ends", "stage1_cfg", "stage2_cfg",
+    "add_stage1_arguments", "eval_set", "figure_rows_vs_pixels", "parse_lambda_iters", "pixel_cfg",
+    "scaled_stage_ends", "stage1_cfg", "stage1_iterations", "stage2_cfg", "task_network_weights",
     "train_stage1", "train_stage2", "train_task_networks", "transvfc_curve",
 ]
 
@@ -53,6 +55,53 @@ def eval_set(task: str, split: str = EVAL_SPLIT) -> str:
     """The synthetic dataset of ``task`` on ``split`` (e.g. "vcm_synth_sem_val"); the splits of
     one name hold the same frames across tasks."""
     return f"{TASKS[task][1]}_{split}"
+
+
+# ----------------------------------------------------------------------------- schedules
+def add_stage1_arguments(parser: argparse.ArgumentParser) -> None:
+    """--stage1-iters, --finetune-iters and --lambda-iters: the stage-1 chain's schedule (the
+    scripts that train it and those that find its models take the same three)."""
+    parser.add_argument("--stage1-iters", type=int, default=1000,
+                        help="stage-1 iterations of the first lambda_R, from the clean detector "
+                             "(its config's schedule, scaled)")
+    parser.add_argument("--finetune-iters", type=int, default=300,
+                        help="stage-1 iterations of every further lambda_R, from the previous")
+    parser.add_argument("--lambda-iters", nargs="+", default=[], metavar="LAMBDA=ITERS",
+                        help="stage-1 iterations of some lambda_R instead of the two above, e.g. "
+                             "0.25=2000 0.0625=2000 (the top of the curve needs the longest "
+                             "schedule)")
+
+
+def parse_lambda_iters(specs: Sequence[str]) -> Dict[float, int]:
+    """{lambda_R: iterations} from "LAMBDA=ITERS" strings."""
+    out = {}
+    for spec in specs:
+        lam, sep, iters = str(spec).partition("=")
+        try:
+            lam_value, iters_value = float(lam), int(iters)
+        except ValueError:
+            lam_value, iters_value = None, 0
+        if not sep or lam_value is None or iters_value < 1:
+            raise ValueError(f"expected LAMBDA=ITERS (lambda_R and a positive iteration count), "
+                             f"got {spec!r}")
+        if lam_value in out:
+            raise ValueError(f"lambda_R {lam_value:g} is given twice in {list(specs)}")
+        out[lam_value] = iters_value
+    return out
+
+
+def stage1_iterations(lambdas: Sequence[float], first_iters: int, finetune_iters: int,
+                      lambda_iters: Optional[Mapping[float, int]] = None) -> List[int]:
+    """Stage-1 iterations per lambda_R of a chain: ``first_iters`` for the first (from the
+    detector), ``finetune_iters`` for each next (from the previous), unless ``lambda_iters``
+    names it."""
+    lambda_iters = lambda_iters or {}
+    unknown = sorted(set(lambda_iters) - {float(lam) for lam in lambdas})
+    if unknown:
+        raise ValueError(f"iterations given for lambda_R {', '.join(f'{u:g}' for u in unknown)}, "
+                         f"which the chain {', '.join(f'{lam:g}' for lam in lambdas)} lacks")
+    return [lambda_iters.get(float(lam), first_iters if i == 0 else finetune_iters)
+            for i, lam in enumerate(lambdas)]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -110,6 +159,11 @@ def pixel_cfg(run: Run, task: str, task_weights: Mapping[str, str]):
 
 
 # ----------------------------------------------------------------------------- steps
+def task_network_weights(run: Run, task: str) -> str:
+    """Where ``task``'s frozen network (one of TASK_NETWORK_CONFIG) is trained to in ``run``."""
+    return os.path.join(run.out, TASK_NETWORK_CONFIG[task][1], FINAL_WEIGHTS)
+
+
 def train_task_networks(run: Run, tasks: Sequence[str], detector: str,
                         iters: Mapping[str, int]) -> Dict[str, str]:
     """The frozen networks of ``tasks`` that have no checkpoint (TASK_NETWORK_CONFIG), each
@@ -119,19 +173,22 @@ def train_task_networks(run: Run, tasks: Sequence[str], detector: str,
         if task not in TASK_NETWORK_CONFIG:
             continue
         config, folder = TASK_NETWORK_CONFIG[task]
-        cfg = run.cfg(config, os.path.join(run.out, folder), ["MODEL.WEIGHTS", detector] + run.extra)
+        output_dir = os.path.dirname(task_network_weights(run, task))
+        cfg = run.cfg(config, output_dir, ["MODEL.WEIGHTS", detector] + run.extra)
         scale_schedule(cfg, iters[task])
         weights[task] = run.train(cfg, f"train_{folder}")
     return weights
 
 
-def train_stage1(run: Run, lambdas: Sequence[float], first_iters: int, finetune_iters: int,
-                 detector: str) -> List:
-    """Stage-1 configs per lambda_R (trained if needed): the first from the detector with the
-    full schedule, each next one fine-tuned from the previous."""
+def train_stage1(run: Run, lambdas: Sequence[float], iters: Sequence[int], detector: str) -> List:
+    """Stage-1 configs per lambda_R (trained if needed) with ``iters`` each (see
+    ``stage1_iterations``): the first from the detector, each next one fine-tuned from the
+    previous."""
+    if len(iters) != len(lambdas):
+        raise ValueError(f"{len(iters)} iteration counts for {len(lambdas)} lambda_R")
     stage1, weights = [], detector
-    for i, lam in enumerate(lambdas):
-        cfg = stage1_cfg(run, lam, first_iters if i == 0 else finetune_iters, weights)
+    for lam, lam_iters in zip(lambdas, iters):
+        cfg = stage1_cfg(run, lam, lam_iters, weights)
         weights = run.train(cfg, f"stage1_lambda{lam:g}")
         stage1.append(cfg)
     return stage1
