@@ -3,6 +3,7 @@ bits, decoding from the bytes equal to the encoder's frames, GOPs and random acc
 input, trained checkpoints through the registry and compress_dataset."""
 import binascii
 import copy
+import hashlib
 import os
 import pickle
 import uuid
@@ -247,9 +248,12 @@ def test_a_run_compresses_each_codec_with_its_own_options(tiny_dataset, tmp_path
     weights = os.path.join(out, "bmshj2018_hyperprior")
     name, options = learned_codec_options(
         f"bmshj2018_hyperprior={os.path.relpath(weights)}", [1], {"gop": 2})
-    assert (name, options) == ("bmshj2018_hyperprior", {"weights": weights})  # image codec: no GOP
+    with open(os.path.join(weights, "q1.pth"), "rb") as f:
+        checksums = {"1": hashlib.sha256(f.read()).hexdigest()}
+    assert (name, options) == ("bmshj2018_hyperprior",  # image codec: no GOP
+                               {"weights": weights, "checksums": checksums})
     assert learned_codec_options(f"ssf2020={weights}", [1], {"gop": 2}) == (
-        "ssf2020", {"gop": 2, "weights": weights})
+        "ssf2020", {"gop": 2, "weights": weights, "checksums": checksums})
     with pytest.raises(FileNotFoundError, match="q2.pth"):
         learned_codec_options(f"bmshj2018_hyperprior={weights}", [1, 2])
     with pytest.raises(ValueError, match="not a learned codec"):
@@ -272,3 +276,19 @@ def test_a_run_compresses_each_codec_with_its_own_options(tiny_dataset, tmp_path
     first = manifest["frames"][0]
     original = read_frame({"file_name": first["original_file_name"]})
     assert first["bits"] == build_codec(name, **options).encode([original], 1).frame_bits[0]
+
+    # retrained weights at the same path: neither coded with under the old options nor mistaken
+    # for the ones the run's pairs were made with
+    path = os.path.join(weights, "q1.pth")
+    ckpt = torch.load(path, weights_only=True)
+    state = ckpt["state_dict"] if "state_dict" in ckpt else ckpt
+    state["g_a.0.weight"] += 0.01
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="changed since"):
+        build_codec(name, **options).encode([original], 1)
+    _, new_options = learned_codec_options(f"{name}={weights}", [1])
+    assert new_options["checksums"] != options["checksums"]
+    with pytest.raises(ValueError, match="codec options"):
+        run.compress((tiny_dataset,), [name], qualities.get, {name: new_options}.get, 1, "again")
+    with pytest.raises(ValueError, match="checksums are given without weights"):
+        build_codec(name, checksums=checksums, allow_random=True)

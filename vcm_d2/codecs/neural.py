@@ -15,7 +15,7 @@ learned video codec of ``neural_video.py``.
 import contextlib
 import os
 import struct
-from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from .base import CODEC_REGISTRY, Codec, check_decode_args, pad_frame, padded_si
 
 __all__ = ["LearnedCodec", "Cheng2020AnchorCodec", "Bmshj2018HyperpriorCodec",
            "load_state_dict_file", "checkpoint_path", "torch_threads", "image_to_tensor",
-           "tensor_to_image", "CHECKPOINT_NAME", "learned_codec_options"]
+           "tensor_to_image", "CHECKPOINT_NAME", "learned_codec_options", "file_sha256"]
 
 FRAME_HEADER = struct.Struct("<BHHB")
 STRING_LENGTH = struct.Struct("<I")
@@ -37,6 +37,7 @@ CHECKPOINT_KEYS = ("state_dict", "model")  # wrappers of a state_dict in common 
 DATA_PARALLEL_PREFIX = "module."
 # A quality's checkpoint inside a weights directory (what tools/train_learned_codec.py writes).
 CHECKPOINT_NAME = "q{quality}.pth"
+CHECKSUM_CHUNK = 1 << 20  # bytes read at a time when hashing a checkpoint
 
 
 def checkpoint_path(weights: str, quality: int) -> str:
@@ -51,7 +52,9 @@ def learned_codec_options(spec: str, qualities: Sequence[int],
                           shared: Mapping[str, Any] = ()) -> Tuple[str, Dict[str, Any]]:
     """(codec name, options) from ``"NAME=WEIGHTS"``: a registered learned codec and its trained
     checkpoints (absolute path, as pair manifests record it); every quality's checkpoint must
-    exist. ``shared`` options (e.g. ``gop``) are kept where the codec's constructor takes them."""
+    exist. ``shared`` options (e.g. ``gop``) are kept where the codec's constructor takes them.
+    The options hold each checkpoint's sha256 (``checksums``), so a pair manifest identifies the
+    weights, not just their path."""
     import inspect
 
     name, sep, weights = spec.partition("=")
@@ -66,7 +69,23 @@ def learned_codec_options(spec: str, qualities: Sequence[int],
         raise FileNotFoundError(f"{name}: no checkpoint {', '.join(missing)} (train them with "
                                 "tools/train_learned_codec.py)")
     accepted = inspect.signature(CODEC_REGISTRY.get(name)).parameters
-    return name, {**{k: v for k, v in dict(shared).items() if k in accepted}, "weights": weights}
+    checksums = {str(q): file_sha256(checkpoint_path(weights, q)) for q in qualities}
+    return name, {**{k: v for k, v in dict(shared).items() if k in accepted}, "weights": weights,
+                  "checksums": checksums}
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes (read in chunks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(CHECKSUM_CHUNK), b""):
+                digest.update(chunk)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"codec checkpoint not found: {path}") from exc
+    return digest.hexdigest()
 
 
 def load_state_dict_file(path: str) -> Dict[str, Any]:
@@ -135,7 +154,8 @@ class LearnedCodec(Codec):
     quality_range: Tuple[int, int] = (1, 1)
     pad_multiple: int = 1  # frame sizes the architecture codes: multiples of this
 
-    def __init__(self, weights: str = "", allow_random: bool = False, threads: int = 1):
+    def __init__(self, weights: str = "", allow_random: bool = False, threads: int = 1,
+                 checksums: Optional[Mapping[str, str]] = None):
         """
         Args:
             weights: the checkpoints, one per quality index: a directory holding
@@ -144,9 +164,20 @@ class LearnedCodec(Codec):
                 ``torch.load(weights_only=True)``.
             allow_random: with no weights, use a seeded random init instead of failing.
             threads: torch intra-op threads during encode/decode (0 = torch's setting).
+            checksums: {str(quality): sha256 hex of its checkpoint file} (see
+                ``learned_codec_options``). A checkpoint that no longer matches is refused, so
+                streams and pair datasets made with older weights are never decoded or reused
+                with retrained ones at the same path.
         """
         if int(threads) < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
+        checksums = dict(checksums or {})
+        if checksums and not weights:
+            raise ValueError(f"{self.name}: checksums are given without weights")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
+            raise ValueError(f"{self.name}: checksums must map quality strings to hex digests, "
+                             f"got {checksums!r}")
+        self.checksums = checksums
         if not weights and not allow_random:
             raise ValueError(
                 f"{self.name}: no weights given; pass weights='DIR' (holding q<quality>.pth) or "
@@ -186,6 +217,12 @@ class LearnedCodec(Codec):
         if self.weights:
             model = build(quality=quality, pretrained=False)
             path = checkpoint_path(self.weights, quality)
+            expected = self.checksums.get(str(quality))
+            if expected is not None and file_sha256(path) != expected:
+                raise ValueError(
+                    f"{self.name}: checkpoint {path} changed since these options were made "
+                    f"(sha256 {expected[:12]}...): data coded with the old weights cannot be "
+                    "decoded or reused with it; compress again into another folder")
             try:
                 model.load_state_dict(load_state_dict_file(path))
             except RuntimeError as exc:

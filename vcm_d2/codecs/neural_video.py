@@ -31,7 +31,7 @@ import binascii
 import functools
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -136,13 +136,14 @@ class SSF2020Codec(LearnedCodec):
                     "tools/train_learned_codec.py trains one per lambda), higher = more bits")
 
     def __init__(self, weights: str = "", allow_random: bool = False, threads: int = 1,
-                 gop: int = DEFAULT_GOP):
+                 gop: int = DEFAULT_GOP, checksums: Optional[Mapping[str, str]] = None):
         """
         Args:
-            weights, allow_random, threads: see ``LearnedCodec``.
+            weights, allow_random, threads, checksums: see ``LearnedCodec``.
             gop: I-frame period: frames 0, gop, 2*gop, ... are I-frames.
         """
-        super().__init__(weights=weights, allow_random=allow_random, threads=threads)
+        super().__init__(weights=weights, allow_random=allow_random, threads=threads,
+                         checksums=checksums)
         if int(gop) < 1:
             raise ValueError(f"gop must be >= 1, got {gop}")
         self.gop = int(gop)
