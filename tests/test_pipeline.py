@@ -396,6 +396,33 @@ def test_train_waits_for_another_process_training_the_same_model(tmp_path):
     assert not (tmp_path / "metrics.json").exists()  # no trainer ran here
 
 
+def test_evaluate_waits_for_another_process_evaluating_the_same_model(tmp_path, monkeypatch):
+    """Two benchmark processes reaching one evaluation: the second waits for the model folder's
+    lock, then reads the first one's cached results instead of evaluating again."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from vcm_d2.engine import VCMTrainer
+
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), ["SOLVER.MAX_ITER", 5])
+    result = {"vcm_synth_val": {"bbox": {"AP": 12.5}}}
+    evaluator = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; d = sys.argv[1]; "
+         "f = open(os.path.join(d, '.vcm_lock'), 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('evaluating', flush=True); time.sleep(1.0); "
+         "open(os.path.join(d, 'eval.json'), 'w').write(sys.argv[2])", str(tmp_path),
+         json.dumps(result)], stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(VCMTrainer, "test", lambda *a, **k: pytest.fail("evaluated again"))
+    run = steps.Run(str(tmp_path / "run"), "", threads=torch.get_num_threads())
+    try:
+        assert evaluator.stdout.readline().strip() == "evaluating"
+        assert run.evaluate(cfg, "w.pth", ["vcm_synth_val"], "eval") == result
+    finally:
+        evaluator.wait(timeout=30)
+
+
 def test_bd_table_gives_the_overlap_each_bd_value_averages_over():
     """BD-rate averages over the common metric range, BD-metric over the common log-rate range;
     the TransVFC tables show both shares so the issue's ≥ 80 % rule can be checked."""

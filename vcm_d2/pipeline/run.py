@@ -365,9 +365,11 @@ class Run:
             return train(cfg)
 
     def evaluate(self, cfg, weights: str, datasets: Sequence[str], step: str) -> Dict[str, Dict]:
-        """``evaluate`` with the results cached next to the model (cfg.OUTPUT_DIR)."""
+        """``evaluate`` with the results cached next to the model (cfg.OUTPUT_DIR). The folder is
+        locked first like ``train``'s: a second process reaching the same evaluation waits,
+        then reads the cache instead of evaluating again."""
         cache = os.path.join(cfg.OUTPUT_DIR, EVAL_CACHE_FILE)
-        with self.times.step(step, is_evaluated(datasets, cache)):
+        with model_lock(cfg.OUTPUT_DIR), self.times.step(step, is_evaluated(datasets, cache)):
             return evaluate(cfg, weights, datasets, cache)
 
     def compress(self, splits: Sequence[str], codecs: Sequence[str],
