@@ -88,13 +88,15 @@ def main(argv=None) -> List[str]:
                                     f"this --output and --tasks {args.task} first")
 
     def row(step, lam, weights, cfg, opts=()):
-        """(step, lambda_R, metric, bpp) of ``weights`` in ``cfg`` + ``opts``, cached in its own
-        folder."""
+        """(step, lambda_R, metric, bpp) of ``weights`` in ``cfg`` + ``opts``, cached in a folder
+        named after the step and the model's own folder (which names its lambda_R and
+        schedule), so a model trained otherwise never gets another one's cached result."""
         cfg = cfg.clone()
         cfg.defrost()
         cfg.merge_from_list(list(opts))
+        model = os.path.basename(os.path.dirname(weights))
         cfg.OUTPUT_DIR = os.path.join(folder, step.replace(" ", "").replace(",", "_") + (
-            "" if lam is None else f"_lambda{lam:g}"))
+            "" if lam is None else f"_{model}"))
         cfg.freeze()
         res = evaluate(cfg, weights, [dataset], os.path.join(cfg.OUTPUT_DIR, EVAL_CACHE_FILE))
         logger.info("%s lambda_R %s: %s", step, lam, res[dataset][key][metric])

@@ -206,6 +206,10 @@ def test_transvfc_diagnose_evaluates_each_step_of_a_run_once(tmp_path, monkeypat
         assert rows[0][3] == "-" and min(float(r[3]) for r in rows[1:]) > 0  # no bits uncoded
         monkeypatch.setattr(VCMTrainer, "test", lambda *a, **k: pytest.fail("evaluated again"))
         assert diag.main(argv) == lines
+        # lambda_R 4 trained with another schedule: its rows are evaluated, not the cache's
+        save(bench.stage1_cfg(run, 4, 7, ""))
+        with pytest.raises(pytest.fail.Exception, match="evaluated again"):
+            diag.main(["--lambda-iters", "4=7"] + argv)
     report = tmp_path / "diagnose" / "vcm_synth_test" / "report.md"
     assert report.read_text().splitlines() == lines
 
