@@ -227,7 +227,8 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
              f"lambda_R {lambdas[0]:g} {args.stage1_iters} iterations from the clean detector "
              f"({args.train_iters} it), then each next lambda_R fine-tuned {args.finetune_iters} "
              f"iterations from the previous"
-             + "".join(f" ({lam:g}: {it})" for lam, it in lambda_iters.items())
+             + (" (lambda_R " + ", ".join(f"{lam:g}: {it}" for lam, it in lambda_iters.items())
+                + " iterations instead)" if lambda_iters else "")
              + f"; stage 2: {args.stage2_iters} iterations per task and "
              f"lambda_R. Pixel codecs: {', '.join(args.codecs)} (x264/x265 CRF "
              f"{', '.join(f'{q:g}' for q in args.qualities)}, vvc QP "
