@@ -38,9 +38,8 @@ from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
 from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.run import EVAL_CACHE_FILE, FINAL_WEIGHTS, evaluate, is_trained
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, STAGE2_CONFIG, TASK_NETWORK_CONFIG, TASKS,
-                                      add_stage1_arguments, eval_set, parse_lambda_iters,
-                                      pixel_cfg, stage1_cfg, stage1_iterations, stage2_cfg,
-                                      task_network_weights)
+                                      add_stage1_arguments, eval_set, pixel_cfg, stage1_cfg,
+                                      stage1_schedule, stage2_cfg, task_network_weights)
 from vcm_d2.utils.io import atomic_write_bytes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
@@ -109,8 +108,7 @@ def main(argv=None) -> List[str]:
                  run.cfg(STAGE2_CONFIG["detection"], "", run.extra + IDENTITY_FST + uncoded))]
     else:  # the segmentation network itself on uncompressed frames (its own res2)
         todo = [("uncoded", None, detector, pixel_cfg(run, args.task, task_weights))]
-    iters = stage1_iterations(args.lambdas, args.stage1_iters, args.finetune_iters,
-                              parse_lambda_iters(args.lambda_iters))
+    iters, _ = stage1_schedule(args, args.lambdas)
     for lam, lam_iters in zip(args.lambdas, iters):  # every model checked before any evaluation
         s1 = stage1_cfg(run, lam, lam_iters, "")
         if not is_trained(s1):

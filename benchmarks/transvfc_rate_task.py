@@ -51,8 +51,8 @@ from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, r
                                    write_spread_report)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, PIXEL_QUALITIES,
                                       PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, add_stage1_arguments,
-                                      eval_set, figure_rows_vs_pixels, parse_lambda_iters,
-                                      pixel_cfg, stage1_iterations, train_stage1, train_stage2,
+                                      eval_set, figure_rows_vs_pixels, pixel_cfg,
+                                      stage1_schedule, train_stage1, train_stage2,
                                       train_task_networks, transvfc_curve)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
@@ -128,8 +128,7 @@ def main(argv=None):
     lambdas = list(args.lambdas)
     if len(set(lambdas)) != len(lambdas) or len(lambdas) < 2:
         raise ValueError(f"--lambdas needs at least two distinct values, got {lambdas}")
-    stage1_iterations(lambdas, args.stage1_iters, args.finetune_iters,
-                      parse_lambda_iters(args.lambda_iters))  # checked before any work
+    stage1_schedule(args, lambdas)  # checked before any work
     learned = dict(learned_codec_options(spec, args.learned_qualities, {"gop": args.gop})
                    for spec in args.learned)
     codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
@@ -190,9 +189,8 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
                                        {"semseg": args.semseg_iters, "vis": args.vis_iters})
 
     logger.info("[3/5] stage 1 at lambda_R %s", lambdas)
-    lambda_iters = parse_lambda_iters(args.lambda_iters)
-    stage1 = train_stage1(run, lambdas, stage1_iterations(
-        lambdas, args.stage1_iters, args.finetune_iters, lambda_iters), detector)
+    stage1_iters, schedule = stage1_schedule(args, lambdas)
+    stage1 = train_stage1(run, lambdas, stage1_iters, detector)
 
     logger.info("[4/5] stage 2 (FST) for %s", args.tasks)
     models = {task: train_stage2(run, task, stage1, args.stage2_iters, task_weights)
@@ -200,9 +198,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
 
     logger.info("[5/5] evaluation")
     curves, clean, figure_lines = [], {}, []
-    meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
-            "stage2_iters": args.stage2_iters,
-            "lambda_iters": {f"{lam:g}": it for lam, it in lambda_iters.items()}}
+    meta = dict(schedule, stage2_iters=args.stage2_iters)
     for task in args.tasks:
         _, _, key, metric = TASKS[task]
         val_set = eval_set(task, args.split)
@@ -227,8 +223,9 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
              f"lambda_R {lambdas[0]:g} {args.stage1_iters} iterations from the clean detector "
              f"({args.train_iters} it), then each next lambda_R fine-tuned {args.finetune_iters} "
              f"iterations from the previous"
-             + (" (lambda_R " + ", ".join(f"{lam:g}: {it}" for lam, it in lambda_iters.items())
-                + " iterations instead)" if lambda_iters else "")
+             + (" (lambda_R " + ", ".join(f"{lam}: {it}" for lam, it in
+                                          schedule["lambda_iters"].items())
+                + " iterations instead)" if schedule["lambda_iters"] else "")
              + f"; stage 2: {args.stage2_iters} iterations per task and "
              f"lambda_R. Pixel codecs: {', '.join(args.codecs)} (x264/x265 CRF "
              f"{', '.join(f'{q:g}' for q in args.qualities)}, vvc QP "

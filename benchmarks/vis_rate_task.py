@@ -50,9 +50,8 @@ from vcm_d2.pipeline.report import (bd_table, curve_from, figure_rows, points_ta
                                     strongest_point_lines, write_figures)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_QUALITIES, PIXEL_VVC_QUALITIES,
                                       TASK_NETWORK_CONFIG, TRANSVFC, add_stage1_arguments,
-                                      figure_rows_vs_pixels, parse_lambda_iters,
-                                      stage1_iterations, train_stage1, train_stage2,
-                                      train_task_networks, transvfc_curve)
+                                      figure_rows_vs_pixels, stage1_schedule, train_stage1,
+                                      train_stage2, train_task_networks, transvfc_curve)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET = "vcm_synth_vis_train"
@@ -114,6 +113,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    stage1_iters, schedule = stage1_schedule(args, args.lambdas)  # checked before any work
     run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
     out, times = run.out, run.times
 
@@ -170,13 +170,9 @@ def main(argv=None):
     transvfc_curves, transvfc_models = [], []
     if args.lambdas:
         logger.info("[5/7] TransVFC at lambda_R %s", args.lambdas)
-        lambda_iters = parse_lambda_iters(args.lambda_iters)
-        stage1 = train_stage1(run, args.lambdas, stage1_iterations(
-            args.lambdas, args.stage1_iters, args.finetune_iters, lambda_iters), detector)
+        stage1 = train_stage1(run, args.lambdas, stage1_iters, detector)
         transvfc_models = train_stage2(run, TASK, stage1, args.stage2_iters, {TASK: vis_weights})
-        meta = {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
-                "stage2_iters": args.stage2_iters,
-                "lambda_iters": {f"{lam:g}": it for lam, it in lambda_iters.items()}}
+        meta = dict(schedule, stage2_iters=args.stage2_iters)
         transvfc_curves.append(transvfc_curve(run, TASK, transvfc_models, args.test_set, meta,
                                               step_suffix="_test"))
 

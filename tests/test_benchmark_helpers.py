@@ -64,6 +64,15 @@ def test_stage_configs_chain_and_keep_the_stream_identity(tmp_path):
     assert vis_pixels.MODEL.VCM.TRANSVFC.INFERENCE_INPUT == "pixels"
 
 
+def bench_args(argv):
+    """The options of ``add_stage1_arguments`` parsed from ``argv``."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_stage1_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def test_stage1_chain_takes_iterations_per_lambda(tmp_path, monkeypatch):
     """--lambda-iters: a longer schedule for some lambda_R of the chain; each model still starts
     from the previous one. Bad specs and lambda_R outside the chain are refused before any work."""
@@ -93,11 +102,14 @@ def test_stage1_chain_takes_iterations_per_lambda(tmp_path, monkeypatch):
     assert os.path.basename(cfgs[2].OUTPUT_DIR) == "lambda0.25_20it"
     with pytest.raises(ValueError, match="2 iteration counts for 3 lambda_R"):
         bench.train_stage1(run, lambdas, [10, 5], "detector.pth")
-    tvfc = load_tool("transvfc_rate_task", "benchmarks")
-    with pytest.raises(ValueError, match="which the chain"):  # before compressing anything
-        tvfc.main(["--output", str(tmp_path / "bad"), "--lambdas", "4", "1",
-                   "--lambda-iters", "2=100"])
-    assert not (tmp_path / "bad").exists()
+    args = bench_args(["--stage1-iters", "9", "--lambda-iters", "0.25=2000"])
+    assert bench.stage1_schedule(args, lambdas) == ([9, 300, 2000], {
+        "stage1_iters": 9, "finetune_iters": 300, "lambda_iters": {"0.25": 2000}})
+    for tool in ("transvfc_rate_task", "vis_rate_task"):
+        with pytest.raises(ValueError, match="which the chain"):  # before compressing anything
+            load_tool(tool, "benchmarks").main(["--output", str(tmp_path / "bad"), "--lambdas",
+                                                "4", "1", "--lambda-iters", "2=100"])
+        assert not (tmp_path / "bad").exists()
 
 
 def test_seed_spread_on_hand_made_curves(tmp_path):

@@ -15,7 +15,8 @@ from .run import FINAL_WEIGHTS, Run, run_each_locked
 __all__ = [
     "DEFAULT_LAMBDAS", "EVAL_SPLIT", "PIXEL_METHOD", "PIXEL_QUALITIES", "PIXEL_VVC_QUALITIES", "TASKS", "TASK_NETWORK_CONFIG", "TRANSVFC",
     "add_stage1_arguments", "eval_set", "figure_rows_vs_pixels", "parse_lambda_iters", "pixel_cfg",
-    "scaled_stage_ends", "stage1_cfg", "stage1_iterations", "stage2_cfg", "task_network_weights",
+    "scaled_stage_ends", "stage1_cfg", "stage1_iterations", "stage1_schedule", "stage2_cfg",
+    "task_network_weights",
     "train_stage1", "train_stage2", "train_task_networks", "transvfc_curve",
 ]
 
@@ -102,6 +103,15 @@ def stage1_iterations(lambdas: Sequence[float], first_iters: int, finetune_iters
                          f"which the chain {', '.join(f'{lam:g}' for lam in lambdas)} lacks")
     return [lambda_iters.get(float(lam), first_iters if i == 0 else finetune_iters)
             for i, lam in enumerate(lambdas)]
+
+
+def stage1_schedule(args: argparse.Namespace, lambdas: Sequence[float]) -> Tuple[List[int], Dict]:
+    """The options of ``add_stage1_arguments`` for the chain ``lambdas``: the iterations per
+    lambda_R (checked, see ``stage1_iterations``) and their record for a curve's meta."""
+    lambda_iters = parse_lambda_iters(args.lambda_iters)
+    iters = stage1_iterations(lambdas, args.stage1_iters, args.finetune_iters, lambda_iters)
+    return iters, {"stage1_iters": args.stage1_iters, "finetune_iters": args.finetune_iters,
+                   "lambda_iters": {f"{lam:g}": it for lam, it in lambda_iters.items()}}
 
 
 # ----------------------------------------------------------------------------- configs
