@@ -38,7 +38,6 @@ from typing import Dict, List, Sequence
 import torch
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
-from vcm_d2.codecs.neural import learned_codec_options
 from vcm_d2.data.synthetic import SPLIT_SPECS
 from vcm_d2.evaluation.report import write_report
 from vcm_d2.evaluation.results import save_curve
@@ -49,9 +48,9 @@ from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_fig
 from vcm_d2.pipeline.run import register_joined_pairs
 from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, run_seeds, seed_links,
                                    write_spread_report)
-from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, PIXEL_QUALITIES,
-                                      PIXEL_VVC_QUALITIES, TASKS, TRANSVFC, add_stage1_arguments,
-                                      eval_set, figure_rows_vs_pixels, pixel_cfg,
+from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, TASKS, TRANSVFC,
+                                      PixelCodecs, add_pixel_codec_arguments,
+                                      add_stage1_arguments, eval_set, figure_rows_vs_pixels, pixel_cfg,
                                       stage1_schedule, train_stage1, train_stage2,
                                       train_task_networks, transvfc_curve)
 
@@ -77,23 +76,11 @@ def parse_args(argv=None):
                    help="iterations of the VIS network from the clean detector (uncoded clips)")
     p.add_argument("--train-iters", type=int, default=DEFAULT_TRAIN_ITERS,
                    help="iterations of the clean detector")
-    p.add_argument("--codecs", nargs="+", default=["x264", "x265", "vvc"],
-                   help="pixel codecs compared with TransVFC")
-    p.add_argument("--qualities", nargs="+", type=float, default=list(PIXEL_QUALITIES),
-                   help="CRF of x264 / x265")
-    p.add_argument("--vvc-qualities", nargs="+", type=float, default=list(PIXEL_VVC_QUALITIES),
-                   help="vvenc QPs")
-    p.add_argument("--learned", nargs="+", default=[], metavar="CODEC=WEIGHTS",
-                   help="learned pixel codecs with their trained checkpoints, e.g. "
-                        "bmshj2018_hyperprior=output/learned_codecs/bmshj2018_hyperprior "
-                        "(tools/train_learned_codec.py)")
-    p.add_argument("--learned-qualities", nargs="+", type=int, default=[1, 2, 3, 4, 5],
-                   help="quality indices of the learned codecs (one checkpoint each)")
+    add_pixel_codec_arguments(p)
     p.add_argument("--split", default=EVAL_SPLIT, choices=[s for s in SPLIT_SPECS if s != "train"],
                    help="synthetic split every curve is measured on: val (96 frames), or test / "
                         "holdout (384 frames each; holdout: no choice was made on it, for "
                         "final figures)")
-    p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="seeds of every training (< 0: random); several: each seed trains every "
                         "network once in OUTPUT/seed<k>/, BD values as mean ± sd over them")
@@ -129,15 +116,13 @@ def main(argv=None):
     if len(set(lambdas)) != len(lambdas) or len(lambdas) < 2:
         raise ValueError(f"--lambdas needs at least two distinct values, got {lambdas}")
     stage1_schedule(args, lambdas)  # checked before any work
-    learned = dict(learned_codec_options(spec, args.learned_qualities, {"gop": args.gop})
-                   for spec in args.learned)
-    codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
+    pixel = PixelCodecs.from_args(args)  # learned checkpoints checked before any work
     if len(args.seeds) == 1:
-        return run_seed(args, args.seeds[0], args.output, "", learned, codecs)[0]
+        return run_seed(args, args.seeds[0], args.output, "", pixel)[0]
     per_seed = run_seeds(args.output, args.seeds, lambda seed, folder, compressed: run_seed(
-        args, seed, folder, compressed, learned, codecs))
+        args, seed, folder, compressed, pixel))
     return spread_report(split_dir(os.path.abspath(args.output), args.split), args.seeds,
-                         [r for r, _ in per_seed], [c for _, c in per_seed], codecs)
+                         [r for r, _ in per_seed], [c for _, c in per_seed], pixel.codecs)
 
 
 def split_dir(out: str, split: str) -> str:
@@ -161,23 +146,15 @@ def spread_report(out: str, seeds: Sequence[int], reports: Sequence[str],
     return path
 
 
-def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
-             codecs: Sequence[str]):
+def run_seed(args, seed: int, output: str, compressed_root: str, pixel: PixelCodecs):
     """Steps 1-5 with one seed in ``output``: (report path, curves)."""
     run = Run(output, CONFIG_DIR, ["SEED", seed] + list(args.opts), args.threads,
               compressed_root)
     lambdas = list(args.lambdas)
-
-    def qualities_of(codec):
-        if codec in learned:
-            return args.learned_qualities
-        return args.vvc_qualities if codec == "vvc" else args.qualities
-
-    def options_of(codec):
-        return learned.get(codec, {"gop": args.gop})
+    codecs, qualities_of = pixel.codecs, pixel.qualities_of
 
     logger.info("[1/5] compressing the %s split with %s", args.split, codecs)
-    pairs = compress_split(run, args.split, codecs, qualities_of, options_of, args.workers)
+    pairs = compress_split(run, args.split, codecs, qualities_of, pixel.options_of, args.workers)
     suffix = "" if args.split == EVAL_SPLIT else f"_{args.split}"  # step names in timings
     report_dir = split_dir(run.out, args.split)
 
@@ -227,12 +204,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str, learned: Dict,
                                           schedule["lambda_iters"].items())
                 + " iterations instead)" if schedule["lambda_iters"] else "")
              + f"; stage 2: {args.stage2_iters} iterations per task and "
-             f"lambda_R. Pixel codecs: {', '.join(args.codecs)} (x264/x265 CRF "
-             f"{', '.join(f'{q:g}' for q in args.qualities)}, vvc QP "
-             f"{', '.join(f'{q:g}' for q in args.vvc_qualities)}; GOP {args.gop})"
-             + "".join(f"; {c} qualities {', '.join(map(str, args.learned_qualities))} from "
-                       f"{os.path.basename(o['weights'])}" for c, o in learned.items())
-             + ". TransVFC "
+             f"lambda_R. {pixel.describe()}. TransVFC "
              f"quality = lambda_R, GOP from its config. Every bit counted (TransVFC: container "
              "stream header, I-frames, per-frame records with CRC).", "",
              f"Evaluated on the synthetic {args.split} split. Task networks on its "

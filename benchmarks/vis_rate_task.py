@@ -12,7 +12,8 @@ YouTube-VIS AP (sequence IoU over whole videos) against bpp, every bit counted, 
               (stage 2); the bits of its streams (headers, I-frames, CRCs)
 
 with the pixel codecs x264 / x265 (CRF, zerolatency, keyint --gop) and VVC (vvenc QP, low
-delay). full_ft / ours / ours_fd train on x264 + x265 pooled at --train-qualities.
+delay), and learned codecs trained by tools/train_learned_codec.py (--learned, e.g.
+ssf2020=output/learned_codecs/ssf2020; direct-test and TransVFC rows). full_ft / ours / ours_fd train on x264 + x265 pooled at --train-qualities.
 
     1. compress vcm_synth_vis_train (--train-codecs) and the test videos (--codecs)
     2. the clean slim detector and the VIS network (the detector + a mask head, on clips)
@@ -48,8 +49,8 @@ from vcm_d2.pipeline.rate_task import DEFAULT_QUALITIES as TRAIN_QUALITIES
 from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.report import (bd_table, curve_from, figure_rows, points_table,
                                     strongest_point_lines, write_figures)
-from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, PIXEL_QUALITIES, PIXEL_VVC_QUALITIES,
-                                      TASK_NETWORK_CONFIG, TRANSVFC, add_stage1_arguments,
+from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, TASK_NETWORK_CONFIG, TRANSVFC, PixelCodecs,
+                                      add_pixel_codec_arguments, add_stage1_arguments,
                                       figure_rows_vs_pixels, stage1_schedule, train_stage1,
                                       train_stage2, train_task_networks, transvfc_curve)
 
@@ -74,17 +75,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="output/vis_rate_task", help="output folder (resumable)")
-    p.add_argument("--codecs", nargs="+", default=["x264", "x265", "vvc"],
-                   help="pixel codecs of the validation videos")
-    p.add_argument("--qualities", nargs="+", type=float, default=list(PIXEL_QUALITIES),
-                   help="CRF of x264 / x265 on the validation videos")
-    p.add_argument("--vvc-qualities", nargs="+", type=float,
-                   default=list(PIXEL_VVC_QUALITIES), help="vvenc QPs")
+    add_pixel_codec_arguments(p)
     p.add_argument("--train-codecs", nargs="+", default=["x264", "x265"],
                    help="codecs of the training pairs (pooled) of full_ft / ours / ours_fd")
     p.add_argument("--train-qualities", nargs="+", type=float,
                    default=list(TRAIN_QUALITIES), help="CRF of the training pairs")
-    p.add_argument("--gop", type=int, default=12, help="key-frame interval of the pixel codecs")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
                    help="trained methods (none: direct only)")
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS,
@@ -114,24 +109,23 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     stage1_iters, schedule = stage1_schedule(args, args.lambdas)  # checked before any work
+    pixel = PixelCodecs.from_args(args)  # learned checkpoints too
+    codecs, qualities_of = pixel.codecs, pixel.qualities_of
     run = Run(args.output, CONFIG_DIR, ["SEED", args.seed] + list(args.opts), args.threads)
     out, times = run.out, run.times
-
-    def qualities_of(codec):
-        return args.vvc_qualities if codec == "vvc" else args.qualities
 
     def vis_curve(results, codec, method, names, task=TASK, meta=None):
         return curve_from(results, codec, method, qualities_of(codec), names, meta, task=task,
                           result_key=RESULT_KEY, metric=METRIC)
 
     def compress(dataset, codecs, qualities, step):
-        pairs = run.compress((dataset,), codecs, qualities, {"gop": args.gop}, args.workers, step)
+        pairs = run.compress((dataset,), codecs, qualities, pixel.options_of, args.workers, step)
         return {codec: pairs[dataset, codec] for codec in codecs}
 
     logger.info("[1/7] compressing %s and %s", TRAIN_SET, args.test_set)
     train_pairs = compress(TRAIN_SET, args.train_codecs, lambda c: args.train_qualities,
                            "compress_train") if args.methods else {}
-    test_pairs = compress(args.test_set, args.codecs, qualities_of, "compress_test")
+    test_pairs = compress(args.test_set, codecs, qualities_of, "compress_test")
 
     logger.info("[2/7] clean detector and VIS network")
     clean_cfg = SYNTHETIC_DETECTION.clean_cfg(CONFIG_DIR, os.path.join(out, "clean"),
@@ -143,10 +137,10 @@ def main(argv=None):
 
     def direct_test(dataset, pairs, task, step):
         """Clean metric and direct-test curves of the VIS network on ``dataset``."""
-        res = run.evaluate(vis_cfg, vis_weights, [dataset] + [n for c in args.codecs for n in pairs[c]],
+        res = run.evaluate(vis_cfg, vis_weights, [dataset] + [n for c in codecs for n in pairs[c]],
                            step)
         return res[dataset][RESULT_KEY][METRIC], [
-            vis_curve(res, c, ANCHOR_METHOD, pairs[c], task=task) for c in args.codecs]
+            vis_curve(res, c, ANCHOR_METHOD, pairs[c], task=task) for c in codecs]
 
     logger.info("[3/7] direct test on %s", args.test_set)
     clean_ap, direct_curves = direct_test(args.test_set, test_pairs, TASK, "eval_direct")
@@ -184,7 +178,7 @@ def main(argv=None):
         dataset = args.condition_set if cond == CLEAN else degrade_dataset(
             args.condition_set, cond, os.path.join(out, "degraded"), seed=max(args.seed, 0),
             progress=False)
-        pairs = compress(dataset, args.codecs, qualities_of, f"compress_{cond}")
+        pairs = compress(dataset, codecs, qualities_of, f"compress_{cond}")
         condition_clean[cond], curves = direct_test(dataset, pairs, task, f"eval_direct_{cond}")
         condition_curves += curves
         if transvfc_models:
@@ -202,7 +196,7 @@ def main(argv=None):
               f"on the uncompressed videos of {args.test_set} **{clean_ap:.1f}**"
               + (f"; on those of {args.condition_set}: " + ", ".join(
                   f"{c} {v:.1f}" for c, v in condition_clean.items()) if condition_clean else "")
-              + ".", ""]
+              + f". {pixel.describe()}.", ""]
     common += strongest_point_lines(direct_curves, clean_ap, ANCHOR_METHOD)
     reports = []
     cdre_curves = [c for c in direct_curves if c.codec in args.train_codecs] + method_curves
@@ -232,7 +226,7 @@ def main(argv=None):
                           "before any codec (low light: Y x 0.3; noise: sigma 25), models "
                           "unchanged.", "",
                           "BD values of TransVFC against each pixel codec (pchip):", ""]
-        lines += bd_table(curves, TRANSVFC, args.codecs)
+        lines += bd_table(curves, TRANSVFC, codecs)
         lines += ["", "Points (quality = CRF, QP or lambda_R):", "",
               points_table(curves, by_quality=False)]
         if transvfc_curves:

@@ -112,6 +112,35 @@ def test_stage1_chain_takes_iterations_per_lambda(tmp_path, monkeypatch):
         assert not (tmp_path / "bad").exists()
 
 
+def test_both_benchmarks_take_the_same_pixel_and_learned_codecs(tmp_path):
+    """--learned adds trained learned codecs after the classic ones, with their own qualities
+    and options (weights + checksums); a missing checkpoint stops either benchmark before any
+    work."""
+    from vcm_d2.codecs.neural import file_sha256
+    from vcm_d2.pipeline.transvfc import PixelCodecs
+
+    weights = tmp_path / "ckpt" / "ssf2020"
+    weights.mkdir(parents=True)
+    for q in (1, 2):
+        (weights / f"q{q}.pth").write_bytes(b"weights of q%d" % q)
+    argv = ["--codecs", "x264", "vvc", "--qualities", "30", "40", "--vvc-qualities", "35",
+            "--gop", "6", "--learned", f"ssf2020={weights}", "--learned-qualities", "1", "2"]
+    for tool in ("transvfc_rate_task", "vis_rate_task"):
+        pixel = PixelCodecs.from_args(load_tool(tool, "benchmarks").parse_args(argv))
+        assert pixel.codecs == ("x264", "vvc", "ssf2020")
+        assert [pixel.qualities_of(c) for c in pixel.codecs] == [(30, 40), (35,), (1, 2)]
+        assert pixel.options_of("x264") == {"gop": 6}
+        assert pixel.options_of("ssf2020") == {
+            "gop": 6, "weights": str(weights),
+            "checksums": {str(q): file_sha256(str(weights / f"q{q}.pth")) for q in (1, 2)}}
+        assert pixel.describe() == ("Pixel codecs: x264, vvc (x264/x265 CRF 30, 40, vvc QP 35; "
+                                    "GOP 6); ssf2020 qualities 1, 2 from ssf2020")
+        with pytest.raises(FileNotFoundError, match="q3.pth"):
+            load_tool(tool, "benchmarks").main(["--output", str(tmp_path / "out"), "--learned",
+                                                f"ssf2020={weights}", "--learned-qualities", "3"])
+        assert not (tmp_path / "out").exists()
+
+
 def test_seed_spread_on_hand_made_curves(tmp_path):
     """A method that needs 0.5x / 0.8x the anchor's rate for the same metric in two runs has
     BD-rate -50 / -20 %: mean -35, sample sd 21.2; intervals of two methods are compared."""
@@ -160,8 +189,8 @@ def test_transvfc_rate_task_seeds_give_the_spread_against_each_pixel_codec(tmp_p
     rates, metrics = [0.1, 0.2, 0.4, 0.8], [10.0, 20.0, 28.0, 33.0]
     calls = []
 
-    def fake_run_seed(args, seed, output, compressed_root, learned, codecs):
-        calls.append((seed, output, compressed_root, list(codecs)))
+    def fake_run_seed(args, seed, output, compressed_root, pixel):
+        calls.append((seed, output, compressed_root, list(pixel.codecs)))
         curves = []
         for codec, factor in (("x264", 1.0), ("x265", 0.5), ("transvfc", {0: 0.5, 1: 0.8}[seed])):
             points = [{"quality": q, "bpp": r * factor, "metric": m}

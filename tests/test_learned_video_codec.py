@@ -187,6 +187,48 @@ def test_training_resumes_where_it_stopped(tiny_dataset, tmp_path, capsys):
     assert "multiples of 128" in capsys.readouterr().err
 
 
+def test_learning_rate_drops_at_its_fraction_of_the_iterations(tiny_dataset, tmp_path, capsys):
+    """--lr-drop 0.5 of 2 iterations: the second step runs at lr * factor, also when resumed
+    after the first; a state written before the option existed resumes as a constant rate."""
+    tool = load_tool("train_learned_codec")
+
+    def train(out, iterations, *extra):
+        return tool.main(["--codec", "bmshj2018_hyperprior", "--qualities", "1", "--output", out,
+                          "--dataset", tiny_dataset, "--iterations", str(iterations),
+                          "--batch-size", "1", "--clip-length", "1", "--crop-size", "64",
+                          "--lr", "0.001", "--no-progress", *extra])
+
+    def state(out):
+        return torch.load(os.path.join(out, "bmshj2018_hyperprior", "q1.train.pth"),
+                          map_location="cpu", weights_only=True)
+
+    def weights(out):
+        return torch.load(os.path.join(out, "bmshj2018_hyperprior", "q1.pth"),
+                          map_location="cpu", weights_only=True)["state_dict"]
+
+    drop = ["--lr-drop", "0.5", "--lr-drop-factor", "0.25"]
+    straight, resumed, constant = (str(tmp_path / n) for n in ("straight", "resumed", "constant"))
+    assert train(straight, 2, *drop) == 0
+    assert state(straight)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.00025)
+    assert train(resumed, 1, *drop) == 0
+    assert state(resumed)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    assert train(resumed, 2, *drop) == 0
+    assert all(torch.equal(weights(resumed)[k], v) for k, v in weights(straight).items())
+    assert train(constant, 2) == 0
+    assert not all(torch.equal(weights(constant)[k], v) for k, v in weights(straight).items())
+
+    # a state of the first format (no lr_drop settings) resumes under the constant-rate defaults
+    old = state(constant)
+    for key in ("lr_drop", "lr_drop_factor"):
+        del old["settings"][key]
+    torch.save(old, os.path.join(constant, "bmshj2018_hyperprior", "q1.train.pth"))
+    assert train(constant, 3) == 0
+    assert train(constant, 4, *drop) == 2  # but not under another schedule
+    assert "other settings" in capsys.readouterr().err
+    assert train(str(tmp_path / "bad"), 2, "--lr-drop", "1") == 2
+    assert "--lr-drop must be in [0, 1)" in capsys.readouterr().err
+
+
 def test_compress_dataset_with_ssf2020_counts_the_codecs_bits(tiny_dataset, tmp_path):
     options = {"allow_random": True, "gop": 2}
     path = compress_dataset(tiny_dataset, "ssf2020", [QUALITY], str(tmp_path / "out"),

@@ -31,7 +31,9 @@ Loss (CompressAI's ``RateDistortionLoss``, averaged over the frames of a clip fo
 whose I-frame rate is included): lambda * 255^2 * MSE + bpp, lambda per quality from CompressAI's
 MSE table (``DEFAULT_LAMBDAS``) unless ``--lmbda`` is given. Adam on the network (gradient norm
 clipped), a second Adam on the entropy bottlenecks' quantiles with the aux loss (CompressAI's
-``examples/train.py``). The final checkpoint is saved after ``update(force=True,
+``examples/train.py``); ``--lr-drop F`` multiplies the network's rate by ``--lr-drop-factor``
+after the fraction F of each quality's iterations (a short schedule at a high rate converges
+much further with one late step down). The final checkpoint is saved after ``update(force=True,
 update_quantiles=True)``: the CDF tables of the range coder, from quantiles set by bisection
 (after a short schedule the aux loss has not converged).
 """
@@ -64,6 +66,8 @@ DEFAULT_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0
                    7: 0.0932, 8: 0.1800}
 STATE_SUFFIX = ".train.pth"  # training state next to q<quality>.pth
 STATE_FORMAT = 1
+# settings added after STATE_FORMAT 1, with the value a state written without them was trained with
+LATER_SETTINGS = {"lr_drop": 0.0, "lr_drop_factor": 1.0}
 PIXEL_MAX = 255.0
 
 
@@ -96,6 +100,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=int, default=128,
                         help="square crop, a multiple of the model's size multiple (ssf2020: 128)")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (network)")
+    parser.add_argument("--lr-drop", type=float, default=0.0,
+                        help="fraction of each quality's iterations after which the network's "
+                        "learning rate is multiplied by --lr-drop-factor (0: constant rate)")
+    parser.add_argument("--lr-drop-factor", type=float, default=0.1,
+                        help="learning-rate factor after --lr-drop")
     parser.add_argument("--aux-lr", type=float, default=1e-3, help="Adam learning rate (quantiles)")
     parser.add_argument("--clip-max-norm", type=float, default=1.0,
                         help="gradient norm clipping of the network (0: off)")
@@ -205,8 +214,8 @@ def _load_state(path: str, codec: str, settings: Dict[str, Any]) -> Optional[Dic
     if not os.path.exists(path):
         return None
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    changed = {k: (state["settings"].get(k), v) for k, v in settings.items()
-               if state["settings"].get(k) != v}
+    was = {**LATER_SETTINGS, **state["settings"]}
+    changed = {k: (was.get(k), v) for k, v in settings.items() if was.get(k) != v}
     if state.get("format") != STATE_FORMAT or state.get("codec") != codec or changed:
         raise ValueError(f"{path} was written with other settings (was, now: {changed}) or "
                          "another codec / format; use another --output or the same settings")
@@ -263,11 +272,16 @@ def train_quality(codec: str, quality: int, settings: Dict[str, Any], iterations
                            "aux_optimizer": aux_optimizer.state_dict(),
                            "rng": torch.get_rng_state()})
 
+    # the network's rate steps down once, at a fraction of this quality's iterations
+    drop_at = math.ceil(settings["lr_drop"] * iterations) if settings["lr_drop"] > 0 else None
     began = time.perf_counter()
     bar = tqdm(range(start, iterations), desc=f"{codec} q{quality}", disable=not progress,
                initial=start, total=iterations)
     for it in bar:
         frames = sampler.batch((settings["seed"], quality, it), count)
+        for group in optimizer.param_groups:
+            group["lr"] = settings["lr"] * (
+                settings["lr_drop_factor"] if drop_at is not None and it >= drop_at else 1.0)
         optimizer.zero_grad()
         aux_optimizer.zero_grad()
         terms = rate_distortion(model, frames, codec_cls.is_video, settings["lmbda"])
@@ -313,6 +327,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if q not in lambdas and q not in DEFAULT_LAMBDAS:
             problems.append(f"quality {q} has no default lambda: give --lmbda")
         lambdas.setdefault(q, DEFAULT_LAMBDAS.get(q))
+    if not 0 <= args.lr_drop < 1:
+        problems.append("--lr-drop must be in [0, 1)")
+    if args.lr_drop_factor <= 0:
+        problems.append("--lr-drop-factor must be > 0")
     if args.finetune_iterations < 0:
         problems.append("--finetune-iterations must be >= 0")
     for name in ("iterations", "batch_size", "clip_length", "checkpoint_period", "log_period"):
@@ -332,6 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         init = previous if args.finetune_iterations > 0 else None
         settings = {"dataset": args.dataset, "lmbda": lambdas[q], "batch_size": args.batch_size,
                     "clip_length": args.clip_length, "crop_size": args.crop_size, "lr": args.lr,
+                    "lr_drop": args.lr_drop,
+                    "lr_drop_factor": args.lr_drop_factor if args.lr_drop > 0 else 1.0,
                     "aux_lr": args.aux_lr, "clip_max_norm": args.clip_max_norm,
                     "seed": args.seed, "init": None if init is None else os.path.basename(init)}
         iterations = args.iterations if init is None else args.finetune_iterations

@@ -3,8 +3,10 @@ task (the FSTs), the frozen task networks they need, and the curve of a set of s
 coding a dataset for real. Config names are those of ``configs/synthetic`` (slim models)."""
 import argparse
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..codecs.neural import learned_codec_options
 from ..engine.figures import FigureRow
 from ..evaluation.results import RateTaskCurve
 from .methods import ANCHOR_METHOD, scale_schedule
@@ -14,7 +16,7 @@ from .run import FINAL_WEIGHTS, Run, run_each_locked
 
 __all__ = [
     "DEFAULT_LAMBDAS", "EVAL_SPLIT", "PIXEL_METHOD", "PIXEL_QUALITIES", "PIXEL_VVC_QUALITIES", "TASKS", "TASK_NETWORK_CONFIG", "TRANSVFC",
-    "add_stage1_arguments", "eval_set", "figure_rows_vs_pixels", "parse_lambda_iters", "pixel_cfg",
+    "PixelCodecs", "add_pixel_codec_arguments", "add_stage1_arguments", "eval_set", "figure_rows_vs_pixels", "parse_lambda_iters", "pixel_cfg",
     "scaled_stage_ends", "stage1_cfg", "stage1_iterations", "stage1_schedule", "stage2_cfg",
     "task_network_weights",
     "train_stage1", "train_stage2", "train_task_networks", "transvfc_curve",
@@ -28,6 +30,9 @@ DEFAULT_LAMBDAS = (256, 128, 32, 16, 4, 1)
 # reach down into TransVFC's rate range (CRF 37/42, QP 33/38).
 PIXEL_QUALITIES = tuple(DEFAULT_QUALITIES) + (37, 42)
 PIXEL_VVC_QUALITIES = tuple(DEFAULT_VVC_QUALITIES) + (33, 38)
+PIXEL_CODECS = ("x264", "x265", "vvc")
+PIXEL_GOP = 12  # key-frame interval of the pixel codecs (the synthetic videos have 12 frames)
+LEARNED_QUALITIES = (1, 2, 3, 4, 5)  # bmshj2018 keeps its widths over q1-5 (one fine-tune chain)
 STAGE1_CONFIG = "transvfc_stage1_slim_lambda{:g}.yaml"
 STAGE2_CONFIG = {"detection": "transvfc_stage2_slim_detection.yaml",
                  "semseg": "transvfc_stage2_slim_semseg.yaml",
@@ -56,6 +61,68 @@ def eval_set(task: str, split: str = EVAL_SPLIT) -> str:
     """The synthetic dataset of ``task`` on ``split`` (e.g. "vcm_synth_sem_val"); the splits of
     one name hold the same frames across tasks."""
     return f"{TASKS[task][1]}_{split}"
+
+
+# ----------------------------------------------------------------------------- pixel anchors
+def add_pixel_codec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pixel codecs a benchmark compares TransVFC with: classic codecs and qualities, and
+    learned codecs with their trained checkpoints (``PixelCodecs.from_args``)."""
+    parser.add_argument("--codecs", nargs="+", default=list(PIXEL_CODECS),
+                        help="pixel codecs compared with TransVFC")
+    parser.add_argument("--qualities", nargs="+", type=float, default=list(PIXEL_QUALITIES),
+                        help="CRF of x264 / x265")
+    parser.add_argument("--vvc-qualities", nargs="+", type=float,
+                        default=list(PIXEL_VVC_QUALITIES), help="vvenc QPs")
+    parser.add_argument("--gop", type=int, default=PIXEL_GOP,
+                        help="key-frame interval of the pixel codecs (also ssf2020's)")
+    parser.add_argument("--learned", nargs="+", default=[], metavar="CODEC=WEIGHTS",
+                        help="learned pixel codecs with their trained checkpoints, e.g. "
+                             "ssf2020=output/learned_codecs/ssf2020 "
+                             "(tools/train_learned_codec.py)")
+    parser.add_argument("--learned-qualities", nargs="+", type=int,
+                        default=list(LEARNED_QUALITIES),
+                        help="quality indices of the learned codecs (one checkpoint each)")
+
+
+@dataclass(frozen=True)
+class PixelCodecs:
+    """Pixel anchors: ``codecs`` in report order (classic ones, then learned ones), the
+    qualities and codec options of each. Learned codecs' options hold their weights and the
+    checkpoints' checksums (``learned_codec_options``)."""
+
+    codecs: Tuple[str, ...]
+    qualities: Tuple[float, ...]
+    vvc_qualities: Tuple[float, ...]
+    gop: int
+    learned: Mapping[str, Dict[str, Any]]
+    learned_qualities: Tuple[int, ...]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "PixelCodecs":
+        """From ``add_pixel_codec_arguments``' options; every learned checkpoint must exist."""
+        learned = dict(learned_codec_options(spec, args.learned_qualities, {"gop": args.gop})
+                       for spec in args.learned)
+        codecs = list(args.codecs) + [c for c in learned if c not in args.codecs]
+        return cls(tuple(codecs), tuple(args.qualities), tuple(args.vvc_qualities), args.gop,
+                   learned, tuple(args.learned_qualities))
+
+    def qualities_of(self, codec: str) -> Tuple:
+        if codec in self.learned:
+            return self.learned_qualities
+        return self.vvc_qualities if codec == "vvc" else self.qualities
+
+    def options_of(self, codec: str) -> Dict[str, Any]:
+        return dict(self.learned.get(codec, {"gop": self.gop}))
+
+    def describe(self) -> str:
+        """One report sentence: codecs, qualities, GOP and the learned checkpoints."""
+        classic = [c for c in self.codecs if c not in self.learned]
+        crf = ", ".join(f"{q:g}" for q in self.qualities)
+        qp = ", ".join(f"{q:g}" for q in self.vvc_qualities)
+        learned = "".join(f"; {c} qualities {', '.join(map(str, self.learned_qualities))} from "
+                          f"{os.path.basename(o['weights'])}" for c, o in self.learned.items())
+        return (f"Pixel codecs: {', '.join(classic)} (x264/x265 CRF {crf}, vvc QP {qp}; GOP "
+                f"{self.gop}){learned}")
 
 
 # ----------------------------------------------------------------------------- schedules
