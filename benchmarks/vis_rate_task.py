@@ -13,7 +13,8 @@ YouTube-VIS AP (sequence IoU over whole videos) against bpp, every bit counted, 
 
 with the pixel codecs x264 / x265 (CRF, zerolatency, keyint --gop) and VVC (vvenc QP, low
 delay), and learned codecs trained by tools/train_learned_codec.py (--learned, e.g.
-ssf2020=output/learned_codecs/ssf2020; direct-test and TransVFC rows). full_ft / ours / ours_fd train on x264 + x265 pooled at --train-qualities.
+ssf2020=output/learned_codecs/ssf2020; direct-test and TransVFC rows). full_ft / ours / ours_fd
+train on x264 + x265 pooled at --train-qualities.
 
     1. compress vcm_synth_vis_train (--train-codecs) and the test videos (--codecs)
     2. the clean slim detector and the VIS network (the detector + a mask head, on clips)
@@ -118,9 +119,9 @@ def main(argv=None):
         return curve_from(results, codec, method, qualities_of(codec), names, meta, task=task,
                           result_key=RESULT_KEY, metric=METRIC)
 
-    def compress(dataset, codecs, qualities, step):
-        pairs = run.compress((dataset,), codecs, qualities, pixel.options_of, args.workers, step)
-        return {codec: pairs[dataset, codec] for codec in codecs}
+    def compress(dataset, names, qualities, step):
+        pairs = run.compress((dataset,), names, qualities, pixel.options_of, args.workers, step)
+        return {codec: pairs[dataset, codec] for codec in names}
 
     logger.info("[1/7] compressing %s and %s", TRAIN_SET, args.test_set)
     train_pairs = compress(TRAIN_SET, args.train_codecs, lambda c: args.train_qualities,
