@@ -58,8 +58,8 @@ from vcm_d2.pipeline import ANCHOR_METHOD, Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION, SYNTHETIC_SWIN
 from vcm_d2.pipeline.rate_task import (DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
                                        DEFAULT_VVC_QUALITIES, task_metric)
-from vcm_d2.pipeline.report import (curve_from, figure_rows, points_table, strongest_point_lines,
-                                    write_figures)
+from vcm_d2.pipeline.report import (add_figure_argument, curve_from, figure_rows, points_table,
+                                    strongest_point_lines, write_figures)
 from vcm_d2.pipeline.seeds import SEED_DIR, run_seeds, seed_links, seed_spread, write_spread_report
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
@@ -126,6 +126,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: all cores; 1 avoids thread oversubscription on a shared machine)")
+    add_figure_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="extra config overrides for every model, KEY VALUE pairs")
     return p.parse_args(argv)
@@ -277,7 +278,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str):
         anchors = {c.codec: c for c in report_curves if c.method == ANCHOR_METHOD}
         figure_lines = write_figures(d, {
             c: figure_rows(c, models, anchors[c], test_pairs(c), test_set) for c in codecs},
-            test_set, run.times, step=f"figures_{folder}")
+            test_set, run.times, args.figure_frames, step=f"figures_{folder}")
         lines = common + [what, ""] + strongest_point_lines(report_curves, clean_metric, ANCHOR_METHOD) + [
             "", f"{metric} @ bpp per quality point (CDRE side-stream bpp in brackets, included in bpp):",
             "", points_table(report_curves), ""] + figure_lines + ["", run.times.line()]

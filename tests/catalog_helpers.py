@@ -1,7 +1,7 @@
 """Tests that register datasets under names that may already hold data (the built-in real-data
 names, degraded datasets found at import) set those aside and restore them afterwards."""
 import contextlib
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -29,22 +29,30 @@ def catalog_aside(names: Iterable[str]):
             MetadataCatalog.get(name).set(**meta)
 
 
-def first_videos(dicts, num_videos: int):
-    """The records of the first ``num_videos`` videos (frame records or one record per video)."""
+def first_videos(dicts, num_videos: int, num_frames: Optional[int] = None):
+    """The records of the first ``num_videos`` videos (frame records or one record per video),
+    each cut to its first ``num_frames`` frames when given."""
     keep = []
     for record in dicts:
         if record["video_id"] not in keep:
             if len(keep) == num_videos:
                 break
             keep.append(record["video_id"])
-    return [r for r in dicts if r["video_id"] in keep]
+    out = [r for r in dicts if r["video_id"] in keep]
+    if num_frames is None:
+        return out
+    if out and "file_names" in out[0]:  # one record per video: cut its per-frame lists
+        per_frame = ("file_names", "image_ids", "annotations")
+        return [dict(r, length=min(r["length"], num_frames),
+                     **{k: r[k][:num_frames] for k in per_frame if k in r}) for r in out]
+    return [r for r in out if r["frame_idx"] < num_frames]
 
 
 @contextlib.contextmanager
-def shortened(num_videos: Mapping[str, int]):
+def shortened(num_videos: Mapping[str, Union[int, Tuple[int, int]]]):
     """Inside the block everything that reads a dataset of ``num_videos`` through the catalog
     (loaders, evaluators, the pairs made from it) sees only its first ``num_videos[name]``
-    videos.
+    videos, or with ``(videos, frames)`` only the first frames of each.
 
     detectron2's COCOEvaluator caches a dataset's COCO json once per process and records it as
     the metadata's ``json_file``: the block starts without it and drops the shortened one."""
@@ -58,8 +66,9 @@ def shortened(num_videos: Mapping[str, int]):
                 delattr(MetadataCatalog.get(name), "json_file")
 
     drop_json_files()
-    DatasetCatalog.get = lambda name: (first_videos(get(name), num_videos[name])
-                                       if name in num_videos else get(name))
+    cut = {n: v if isinstance(v, tuple) else (v, None) for n, v in num_videos.items()}
+    DatasetCatalog.get = lambda name: (first_videos(get(name), *cut[name])
+                                       if name in cut else get(name))
     try:
         yield
     finally:

@@ -287,17 +287,17 @@ def test_cdre_table1_draws_every_curve_on_the_chosen_test_set(tmp_path):
             "--train-iters", "2", "--iters", "2", "--methods", "ours", "--ablations", "constant",
             "--transfer-codecs",
             "--swin-methods", "--seeds", "0", "--test-set", "vcm_synth_test", "--workers", "1",
-            "--threads", str(torch.get_num_threads()),
+            "--threads", str(torch.get_num_threads()), "--figure-frames", "0:3", "1:3",
             "--opts", "SOLVER.IMS_PER_BATCH", "2", "TEST.DETECTIONS_PER_IMAGE", "5"]
-    with catalog_aside(names), shortened({"vcm_synth_train": 1, "vcm_synth_test": 5}):
+    with catalog_aside(names), shortened({"vcm_synth_train": (1, 4), "vcm_synth_test": (2, 4)}):
         assert table1.main(argv) == 0
     direct = json.loads((tmp_path / "clean" / "eval.json").read_text())
     assert set(direct) == {"vcm_synth_test", *names[2:]}
-    assert all(r["rate"]["frames"] == 60 for r in direct.values())  # 5 videos of 12 frames
+    assert all(r["rate"]["frames"] == 8 for r in direct.values())  # 2 videos of 4 frames
     report = (tmp_path / "table1" / "report.md").read_text()
     assert "on the uncompressed vcm_synth_test" in report and "x264/ours" in report
     figure = json.loads((tmp_path / "table1" / "predictions_x264.json").read_text())
-    assert "vcm_synth_test" in json.dumps(figure)
+    assert "vcm_synth_test" in json.dumps(figure) and figure["picks"] == [[0, 3], [1, 3]]
     # the ablation row: Ours' schedule with its switch, next to ours, in its own report
     ablation = (tmp_path / "ablation" / "report.md").read_text()
     assert "x264/ours-constant" in ablation and "x264/ours" in ablation

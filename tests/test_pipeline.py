@@ -285,12 +285,16 @@ def test_folder_lock_is_exclusive_and_released(tmp_path):
     import subprocess
     import sys
 
-    probe = ("import sys; from vcm_d2.pipeline.run import folder_lock\n"
-             "with folder_lock(sys.argv[1], blocking=False) as held: print(held)")
+    # The lock is an flock on the folder's lock file: another process's non-blocking flock on it
+    # (plain Python, no vcm_d2 import to pay for) fails while it is held.
+    probe = ("import fcntl, sys\n"
+             "f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print(True)\n"
+             "except BlockingIOError:\n    print(False)")
 
     def other_process_gets_it():
-        out = subprocess.run([sys.executable, "-c", probe, folder], capture_output=True,
-                             text=True, timeout=120, check=True).stdout.split()
+        out = subprocess.run([sys.executable, "-c", probe, os.path.join(folder, steps.LOCK_FILE)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout.split()
         return out[-1] == "True"
 
     with steps.folder_lock(folder) as held:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from catalog_helpers import catalog_aside
+from catalog_helpers import catalog_aside, shortened
 from tool_helpers import load_tool
 
 
@@ -37,18 +37,23 @@ def test_unknown_method_fails_before_any_work(tool, tmp_path):
 
 def test_semantic_segmentation_direct_test_with_jpeg(tool, tmp_path, one_torch_thread):
     """Another dataset (semantic maps, mIoU by its evaluator type), codec (JPEG) and clean
-    network, direct test only: curves, report and figure, then a resumed rerun does nothing."""
+    network, direct test only: curves, report and figure, then a resumed rerun does nothing. On
+    the first frames of the first videos (validation: 4 frames of 2 videos, the figure at frame 3
+    of both)."""
     names = [f"vcm_synth_sem_val@jpeg_q{q}" for q in (20, 60)]
     argv = ["--output", str(tmp_path), "--dataset", "vcm_synth_sem_val",
             "--train-dataset", "vcm_synth_sem_train", "--codecs", "jpeg", "--qualities", "20", "60",
             "--methods", "--clean-config", "transvfc_task_slim_semseg.yaml", "--train-iters", "1",
-            "--workers", "1", "SOLVER.IMS_PER_BATCH", "2",
+            "--figure-frames", "0:3", "1:3", "--workers", "1", "SOLVER.IMS_PER_BATCH", "2",
             "MODEL.VCM.TRANSVFC.INFERENCE_INPUT", "pixels"]
-    with catalog_aside(names):
+    with catalog_aside(names), shortened({"vcm_synth_sem_train": (1, 4),
+                                          "vcm_synth_sem_val": (2, 4)}):
         report = tool.main(argv)
         text = open(report).read()
         assert "## semseg (mIoU)" in text and "jpeg/direct" in text
         assert "![jpeg](predictions_jpeg.png)" in text
+        figure = json.loads((tmp_path / "predictions_jpeg.json").read_text())
+        assert figure["picks"] == [[0, 3], [1, 3]]  # --figure-frames
         curve = json.loads((tmp_path / "curves" / "jpeg_direct.json").read_text())
         assert [p["quality"] for p in curve["points"]] == [20, 60]
         assert curve["points"][0]["bpp"] < curve["points"][1]["bpp"]  # real JPEG bits

@@ -25,6 +25,7 @@ import os
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.pipeline.rate_task import (DEFAULT_GOP, DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
                                        RateTaskSpec, run_rate_task)
+from vcm_d2.pipeline.report import add_figure_argument
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 
@@ -52,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: all cores); the figures move by about 1 AP with it")
+    add_figure_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="extra config overrides for every model, KEY VALUE pairs")
     return p.parse_args(argv)
@@ -63,7 +65,7 @@ def spec_from_args(args) -> RateTaskSpec:
         codec_options={"gop": args.gop},
         methods={"full_ft": args.finetune_iters, "ours": args.cdre_iters, "ours_fd": args.cdre_iters},
         train_iters=args.train_iters, seeds=args.seeds, workers=args.workers, threads=args.threads,
-        opts=args.opts)
+        figure_picks=tuple(args.figure_frames), opts=args.opts)
 
 
 def main(argv=None):

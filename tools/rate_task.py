@@ -26,6 +26,7 @@ from vcm_d2.engine import register_pair_roots
 from vcm_d2.pipeline.methods import METHOD_TABLES
 from vcm_d2.pipeline.rate_task import (DEFAULT_QUALITIES, DEFAULT_TRAIN_ITERS,
                                        RateTaskSpec, run_rate_task)
+from vcm_d2.pipeline.report import add_figure_argument
 
 DEFAULT_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                   "synthetic")
@@ -69,6 +70,7 @@ def parse_args(argv=None):
                         "seed, BD values as mean ± sd")
     p.add_argument("--workers", type=int, default=2, help="compression processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    add_figure_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="config overrides for every model, KEY VALUE pairs")
     return p.parse_args(argv)
@@ -93,7 +95,8 @@ def spec_from_args(args) -> RateTaskSpec:
         qualities=args.qualities, codec_options=parse_codec_options(args.codec_opt),
         methods={m: args.iters for m in args.methods}, train_iters=args.train_iters,
         clean_weights=args.clean_weights, metric=tuple(args.metric) if args.metric else None,
-        seeds=args.seeds, workers=args.workers, threads=args.threads, opts=args.opts)
+        seeds=args.seeds, workers=args.workers, threads=args.threads,
+        figure_picks=tuple(args.figure_frames), opts=args.opts)
 
 
 def main(argv=None):

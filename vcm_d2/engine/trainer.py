@@ -20,6 +20,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ..data.clip_mapper import build_clip_train_loader, build_video_test_loader, is_video_dataset
 from ..data.mapper import PairDatasetMapper
+from ..data.samplers import VideoInferenceSampler
 from ..evaluation import build_task_evaluator
 from ..solver import build_vcm_lr_scheduler
 from .datasets import prepare_datasets
@@ -172,7 +173,12 @@ class VCMTrainer(DefaultTrainer):
         prepare_datasets(cfg, [dataset_name])
         if is_video_dataset(dataset_name):  # evaluated video by video (e.g. YouTube-VIS)
             return build_video_test_loader(cfg, dataset_name)
-        return build_detection_test_loader(cfg, dataset_name, mapper=frame_mapper(cfg, False))
+        # Frames sharded over processes at video borders: a per-video stream (CDRE side stream,
+        # TransVFC) is coded whole in one process, so bits do not depend on the process count.
+        args = build_detection_test_loader.from_config(cfg, dataset_name,
+                                                       mapper=frame_mapper(cfg, False))
+        args["sampler"] = VideoInferenceSampler([d.get("video_id") for d in args["dataset"]])
+        return build_detection_test_loader(**args)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,5 +1,6 @@
 """Report pieces of a rate-task run: curves from evaluation results, the lines and tables above
 ``write_report``'s BD tables, and the prediction figures."""
+import argparse
 import os
 from typing import List, Mapping, Sequence, Tuple
 
@@ -9,13 +10,34 @@ from ..evaluation.results import RateTaskCurve
 from .run import StepTimes
 
 __all__ = [
-    "FIGURE_PICKS", "bd_table", "curve_from", "figure_points", "figure_rows", "point_cell",
-    "points_table", "relative_loss", "strongest_point_lines", "write_figures",
+    "FIGURE_PICKS", "add_figure_argument", "bd_table", "curve_from", "figure_points", "figure_rows",
+    "parse_figure_frame", "point_cell", "points_table", "relative_loss", "strongest_point_lines",
+    "write_figures",
 ]
 
 # Frames of the prediction figures: (video, frame) of the validation set (frame 6 is a P-frame
 # half-way through a GOP of 12).
 FIGURE_PICKS = ((0, 6), (4, 6))
+
+
+def parse_figure_frame(text: str) -> Tuple[int, int]:
+    """``VIDEO:FRAME`` (indexes from 0 in the test set's order) -> (video, frame)."""
+    try:
+        video, frame = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VIDEO:FRAME (two indexes), got {text!r}")
+    if video < 0 or frame < 0:
+        raise argparse.ArgumentTypeError(f"indexes start at 0, got {text!r}")
+    return video, frame
+
+
+def add_figure_argument(parser: argparse.ArgumentParser) -> None:
+    """``--figure-frames``: the frames each prediction figure shows (a tool's ``figure_picks``)."""
+    parser.add_argument(
+        "--figure-frames", nargs="+", type=parse_figure_frame, default=list(FIGURE_PICKS),
+        metavar="VIDEO:FRAME",
+        help="frames of the prediction figures, VIDEO:FRAME indexes from 0 (default: "
+             + " ".join(f"{v}:{t}" for v, t in FIGURE_PICKS) + ")")
 
 
 def curve_from(results: Mapping, codec: str, method: str, qualities: Sequence[float],
