@@ -134,7 +134,10 @@ WALK_VIDEOS = (1, 6)
 
 def _base(name: str) -> str:
     """The synthetic set a (degraded / compressed) dataset name comes from."""
-    return name.split("@")[0].split("~")[0]
+    pair = parse_pair_name(name)
+    name = pair[0] if pair else name
+    degraded = parse_degraded_name(name)
+    return _base(degraded[0]) if degraded else name
 
 
 @pytest.mark.parametrize("config", SYNTHETIC_CONFIGS, ids=os.path.basename)

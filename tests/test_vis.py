@@ -26,6 +26,7 @@ from vcm_d2.modeling.transvfc import FST_TABLE2_WEIGHTS
 from vcm_d2.modeling.transvfc.tasks import VIS_DETECTOR_PREFIX, MaskRCNNTail
 from vcm_d2.modeling.vis import DETECTOR_PREFIX, VideoTracks
 
+from catalog_helpers import shortened
 from config_helpers import load_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -361,8 +362,6 @@ def test_train_net_trains_and_evaluates_vis_with_rate(tmp_path):
     """2 iterations on clips, then YouTube-VIS AP and bpp on a compressed VIS pair dataset
     (bits of the manifest) and on TransVFC streams (bits of the model), on the first two
     validation videos."""
-    from catalog_helpers import shortened
-
     with shortened({"vcm_synth_vis_val": 2}):
         _train_and_evaluate_vis(tmp_path)
 
@@ -414,4 +413,3 @@ def test_video_test_loader_splits_whole_videos_across_ranks_and_workers(monkeypa
         seen.append([v["video_id"] for v in videos])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == [v["video_id"] for v in load_synthetic_videos(VAL_SPEC)]
-
