@@ -33,20 +33,21 @@ with the same command takes the seeds the first is not working on.
 import argparse
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 
 import vcm_d2  # noqa: F401  (registers the synthetic benchmark)
 from vcm_d2.data.synthetic import SPLIT_SPECS
-from vcm_d2.evaluation.report import write_report
+from vcm_d2.evaluation.report import bd_results, overlaps_of, write_report
 from vcm_d2.evaluation.results import save_curve
 from vcm_d2.pipeline import Run
 from vcm_d2.pipeline.methods import SYNTHETIC_DETECTION
 from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_figures
 from vcm_d2.pipeline.run import register_joined_pairs
-from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, run_seeds, seed_links,
+from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, mean_sd, run_seeds,
+                                   seed_links,
                                    write_spread_report)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, TASKS, TRANSVFC,
                                       PixelCodecs, add_pixel_codec_arguments,
@@ -121,8 +122,9 @@ def main(argv=None):
         return run_seed(args, args.seeds[0], args.output, "", pixel)[0]
     per_seed = run_seeds(args.output, args.seeds, lambda seed, folder, compressed: run_seed(
         args, seed, folder, compressed, pixel))
+    reports, curves, clean = zip(*per_seed)
     return spread_report(split_dir(os.path.abspath(args.output), args.split), args.seeds,
-                         [r for r, _ in per_seed], [c for _, c in per_seed], pixel.codecs)
+                         reports, curves, clean, pixel.codecs)
 
 
 def split_dir(out: str, split: str) -> str:
@@ -132,22 +134,65 @@ def split_dir(out: str, split: str) -> str:
 
 
 def spread_report(out: str, seeds: Sequence[int], reports: Sequence[str],
-                  curves: Sequence[Sequence], codecs: Sequence[str]) -> str:
+                  curves: Sequence[Sequence], clean: Sequence[Mapping[str, float]],
+                  codecs: Sequence[str]) -> str:
     """OUTPUT/report.md over the seeds: BD values of TransVFC against each pixel codec as
-    mean ± sd, with the per-seed values and reports."""
+    mean ± sd, with the per-seed values and reports; then the top of each seed's TransVFC curve
+    against its task network on uncompressed frames (``clean``: {task: metric} per seed) and
+    the part of the curves each BD-rate averages over."""
     spread = SeedSpread(seeds, [bd_values_against(c, TRANSVFC, codecs) for c in curves])
     head = [f"# TransVFC vs pixel codecs over {len(seeds)} seeds", "",
             "BD-rate / BD-metric (pchip) of TransVFC (method column) against each pixel codec "
             "(codec column) on the same frames; every network (clean detector, task networks, "
             f"stage 1 and 2) is trained once per seed. Per-seed reports (points, overlaps, "
             f"curves, timings): {seed_links(seeds, reports, out)}; values in `{SPREAD_FILE}`.", ""]
-    path = write_spread_report(out, spread, head)
+    tail = [""] + top_table(seeds, curves, clean) + [""] + overlap_table(curves, codecs)
+    path = write_spread_report(out, spread, head, tail)
     logger.info("report written to %s", path)
     return path
 
 
+def top_table(seeds: Sequence[int], curves: Sequence[Sequence],
+              clean: Sequence[Mapping[str, float]]) -> List[str]:
+    """Markdown: per task and seed, the task network on uncompressed frames, TransVFC's
+    highest-rate point and the gap between them; the gap's mean ± sd over the seeds."""
+    lines = ["Top of the TransVFC curve against the task network on uncompressed frames:", "",
+             "| task | seed | uncompressed | TransVFC highest-rate point | gap |",
+             "|---|---|---|---|---|"]
+    for task in sorted(set.intersection(*(set(c) for c in clean))):
+        gaps = []
+        for seed, seed_curves, seed_clean in zip(seeds, curves, clean):
+            curve = next(c for c in seed_curves if c.task == task and c.codec == TRANSVFC)
+            top = max(curve.points, key=lambda p: p["bpp"])
+            gaps.append(seed_clean[task] - top["metric"])
+            lines.append(f"| {task} | {seed} | {curve.metric} {seed_clean[task]:.2f} | "
+                         f"{top['metric']:.2f} @ {top['bpp']:.3f} bpp | {gaps[-1]:.2f} |")
+        m, sd = mean_sd(gaps)
+        lines.append(f"| {task} | mean ± sd | | | {m:.2f} ± {sd:.2f} |")
+    return lines
+
+
+def overlap_table(curves: Sequence[Sequence], codecs: Sequence[str]) -> List[str]:
+    """Markdown: per task and pixel codec, the smallest and largest fraction of the two curves'
+    metric range (BD-rate) and log-rate range (BD-metric) the BD values average over, across
+    the seeds."""
+    lines = ["Part of the union of both curves' ranges each BD value averages over "
+             "(min–max over the seeds):", "", "| task | codec | BD-rate (metric range) | "
+             "BD-metric (log-rate range) |", "|---|---|---|---|"]
+    by_seed = [{(c.task, c.codec): c for c in seed_curves} for seed_curves in curves]
+    for task, codec in sorted(k for k in by_seed[0] if k[1] in codecs):
+        if not all((task, codec) in b and (task, TRANSVFC) in b for b in by_seed):
+            continue
+        overlaps = list(zip(*(overlaps_of(bd_results(b[task, codec], b[task, TRANSVFC]))
+                              for b in by_seed)))
+        cells = ["n/a" if None in o else f"{min(o):.0%}–{max(o):.0%}" for o in overlaps]
+        lines.append(f"| {task} | {codec} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def run_seed(args, seed: int, output: str, compressed_root: str, pixel: PixelCodecs):
-    """Steps 1-5 with one seed in ``output``: (report path, curves)."""
+    """Steps 1-5 with one seed in ``output``: (report path, curves, {task: metric of the task
+    network on the uncompressed frames})."""
     run = Run(output, CONFIG_DIR, ["SEED", seed] + list(args.opts), args.threads,
               compressed_root)
     lambdas = list(args.lambdas)
@@ -185,7 +230,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str, pixel: PixelCod
         pixel_curves = {c: curve_from(res, c, PIXEL_METHOD, qualities_of(c), pairs[task, c],
                                       task=task, result_key=key, metric=metric)
                         for c in codecs}
-        clean[task] = f"{metric} {res[val_set][key][metric]:.1f}"
+        clean[task] = res[val_set][key][metric]
         curves += list(pixel_curves.values())
         curves.append(transvfc_curve(run, task, models[task], val_set, meta, suffix))
         rows = figure_rows_vs_pixels(models[task], curves[-1], {PIXEL_METHOD: (cfg, detector)},
@@ -209,7 +254,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str, pixel: PixelCod
              "stream header, I-frames, per-frame records with CRC).", "",
              f"Evaluated on the synthetic {args.split} split. Task networks on its "
              "uncompressed frames: "
-             + ", ".join(f"{t} {v}" for t, v in clean.items()) + ".", "",
+             + ", ".join(f"{t} {TASKS[t][3]} {v:.1f}" for t, v in clean.items()) + ".", "",
              "BD values of TransVFC against each pixel codec (pchip; negative BD-rate = fewer "
              "bits for the same task metric):", ""]
     lines += bd_table(curves, TRANSVFC, codecs)
@@ -222,7 +267,7 @@ def run_seed(args, seed: int, output: str, compressed_root: str, pixel: PixelCod
                           title="TransVFC vs pixel codecs (synthetic benchmark)",
                           preamble="\n".join(lines))
     logger.info("report written to %s", report)
-    return report, curves
+    return report, curves, clean
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_transvfc_rate_task_seeds_give_the_spread_against_each_pixel_codec(tmp_p
             points = [{"quality": q, "bpp": r * factor, "metric": m}
                       for q, (r, m) in enumerate(zip(rates, metrics))]
             curves.append(RateTaskCurve(f"{codec}/m", "detection", "AP", codec, "m", points))
-        return os.path.join(output, "report.md"), curves
+        return os.path.join(output, "report.md"), curves, {"detection": 34.0 - seed}
 
     monkeypatch.setattr(tvfc, "run_seed", fake_run_seed)
     report = tvfc.main(["--output", str(tmp_path), "--seeds", "0", "1", "--codecs", "x264",
@@ -209,6 +209,13 @@ def test_transvfc_rate_task_seeds_give_the_spread_against_each_pixel_codec(tmp_p
     assert "-35.0 ± 21.2" in x264 and "-50.0, -20.0" in x264
     x265 = next(line for line in text.splitlines() if "| detection | x265 | transvfc |" in line)
     assert "+30.0 ± 42.4" in x265 and "+0.0, +60.0" in x265
+    # the top of each seed's curve (33.0 @ 0.8 x its rate factor) against its clean detector
+    lines = text.splitlines()
+    assert "| detection | 0 | AP 34.00 | 33.00 @ 0.400 bpp | 1.00 |" in lines
+    assert "| detection | 1 | AP 33.00 | 33.00 @ 0.640 bpp | 0.00 |" in lines
+    assert "| detection | mean ± sd | | | 0.50 ± 0.71 |" in lines
+    # the same AP range (BD-rate: all of it); log-rate ranges 0.1-0.8 vs 0.05-0.4 and 0.08-0.64
+    assert "| detection | x264 | 100%–100% | 50%–81% |" in lines
     spread = json.loads((tmp_path / "seed_spread.json").read_text())
     assert spread["seeds"] == [0, 1] and len(spread["values"]) == 2
     # one seed: the run itself in OUTPUT, no spread
