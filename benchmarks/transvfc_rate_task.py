@@ -47,8 +47,7 @@ from vcm_d2.pipeline.rate_task import DEFAULT_TRAIN_ITERS
 from vcm_d2.pipeline.report import bd_table, curve_from, points_table, write_figures
 from vcm_d2.pipeline.run import register_joined_pairs
 from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, mean_sd, run_seeds,
-                                   seed_links,
-                                   write_spread_report)
+                                   seed_links, write_spread_report)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, TASKS, TRANSVFC,
                                       PixelCodecs, add_pixel_codec_arguments,
                                       add_stage1_arguments, eval_set, figure_rows_vs_pixels, pixel_cfg,
