@@ -25,7 +25,9 @@ train on x264 + x265 pooled at --train-qualities.
        --condition-set before any codec; direct and TransVFC on them and on the same videos
        undegraded (no retraining)
     7. reports: OUTPUT/cdre/report.md (each method vs the direct test, per codec) and
-       OUTPUT/transvfc/report.md (TransVFC vs each pixel codec, one plot per condition)
+       OUTPUT/transvfc/report.md (TransVFC vs each pixel codec, one plot per condition); a run
+       without TransVFC and conditions (--lambdas --conditions with no values) writes
+       OUTPUT/direct/report.md instead (every codec's direct test against x265's)
 
 Resumable like the other benchmarks (steps whose models or evaluations exist are skipped). The
 clean detector, stage-1 models and compressed sets use the folder names of
@@ -238,15 +240,34 @@ def main(argv=None):
                 os.path.join(out, "transvfc"), {TRANSVFC: rows}, args.test_set, times,
                 step="figures_transvfc")
         lines += ["", times.line()]
-        anchor_codec = "x265" if "x265" in args.codecs else args.codecs[0]
-        anchor = {c.task: f"{anchor_codec}/{ANCHOR_METHOD}" for c in curves}
         reports.append(write_report(
-            curves, anchor=anchor, output_dir=os.path.join(out, "transvfc"), plot_by="task",
-            title="Video instance segmentation: TransVFC vs pixel codecs (synthetic VIS)",
-            preamble="\n".join(lines)))
+            curves, anchor=codec_anchor(curves, codecs), output_dir=os.path.join(out, "transvfc"),
+            plot_by="task", preamble="\n".join(lines),
+            title="Video instance segmentation: TransVFC vs pixel codecs (synthetic VIS)"))
+    else:  # the TransVFC report is the one listing every pixel codec (learned ones too)
+        reports.append(direct_report(os.path.join(out, ANCHOR_METHOD), direct_curves, codecs,
+                                     common + ["", times.line()]))
     for path in reports:
         logger.info("report written to %s", path)
     return reports
+
+
+def codec_anchor(curves, codecs) -> dict:
+    """{task: anchor curve name}: the direct test of x265 (else of the first codec)."""
+    anchor_codec = "x265" if "x265" in codecs else codecs[0]
+    return {c.task: f"{anchor_codec}/{ANCHOR_METHOD}" for c in curves}
+
+
+def direct_report(out: str, curves, codecs, preamble) -> str:
+    """OUTPUT/direct/report.md: the VIS network on every pixel codec's decoded videos, each
+    codec against the anchor codec (a run without TransVFC and conditions, whose report would
+    otherwise hold these curves)."""
+    lines = list(preamble) + ["", "Points (quality = CRF, QP or quality index):", "",
+                              points_table(curves, by_quality=False)]
+    return write_report(curves, anchor=codec_anchor(curves, codecs), output_dir=out,
+                        plot_by="task", preamble="\n".join(lines),
+                        title="Video instance segmentation: the direct test of each pixel codec "
+                              "(synthetic VIS)")
 
 
 if __name__ == "__main__":

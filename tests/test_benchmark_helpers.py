@@ -141,6 +141,28 @@ def test_both_benchmarks_take_the_same_pixel_and_learned_codecs(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_vis_direct_report_lists_every_codec_against_x265(tmp_path):
+    """A VIS run without TransVFC and conditions (e.g. learned codecs, direct test only) still
+    writes a report: every codec's direct curve, BD-rate against x265's."""
+    from vcm_d2.evaluation.results import RateTaskCurve
+
+    vis = load_tool("vis_rate_task", "benchmarks")
+    rates, metrics = [0.1, 0.2, 0.4, 0.8], [2.0, 5.0, 9.0, 12.0]
+    curves = [RateTaskCurve(f"{codec}/direct", "vis", "AP", codec, "direct",
+                            [{"quality": q, "bpp": r * factor, "metric": m}
+                             for q, (r, m) in enumerate(zip(rates, metrics))])
+              for codec, factor in (("x264", 1.0), ("x265", 0.5), ("ssf2020", 2.0))]
+    path = vis.direct_report(str(tmp_path / "direct"), curves, ("x264", "x265", "ssf2020"),
+                             ["preamble line"])
+    text = open(path).read()
+    assert "preamble line" in text and "direct test of each pixel codec" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and "/direct" in line.split("|")[1]}
+    assert set(rows) == {"x264/direct", "x265/direct", "ssf2020/direct"}
+    assert "+100.00" in rows["x264/direct"] and "+300.00" in rows["ssf2020/direct"]
+    assert "(anchor)" in rows["x265/direct"]
+
+
 def test_seed_spread_on_hand_made_curves(tmp_path):
     """A method that needs 0.5x / 0.8x the anchor's rate for the same metric in two runs has
     BD-rate -50 / -20 %: mean -35, sample sd 21.2; intervals of two methods are compared."""
