@@ -132,7 +132,9 @@ def image_to_tensor(image: np.ndarray, height: int, width: int) -> Any:
     """RGB uint8 HxWx3 -> float 1x3xHxW in [0, 1], edge-padded to (height, width)."""
     import torch
 
-    return torch.from_numpy(pad_frame(image, height, width)).permute(2, 0, 1)[None].float() / 255.0
+    # a copy (torch.tensor): the frame may be a read-only array, which from_numpy warns about
+    frame = torch.tensor(pad_frame(image, height, width), dtype=torch.float32)
+    return frame.permute(2, 0, 1)[None] / 255.0
 
 
 def tensor_to_image(x_hat: Any, height: int, width: int) -> np.ndarray:
