@@ -167,6 +167,33 @@ def test_train_records_what_it_trained(tmp_path):
     assert steps.train(runtime) == os.path.join(str(tmp_path), "model_final.pth")
 
 
+def test_train_drops_the_periodic_checkpoints_of_a_finished_run(tmp_path):
+    """Periodic checkpoints only serve resuming a killed run: once it has finished, only
+    model_final.pth is left (and last_checkpoint names it)."""
+    cfg = steps.model_cfg(CLEAN_CONFIG, str(tmp_path), [
+        "SOLVER.MAX_ITER", 3, "SOLVER.IMS_PER_BATCH", 1, "SOLVER.CHECKPOINT_PERIOD", 1])
+    assert steps.train(cfg) == str(tmp_path / "model_final.pth")
+    assert (tmp_path / "model_final.pth").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("model_0")]
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
+    (tmp_path / "model_0000001.pth").write_bytes(b"")  # only detectron2's naming is matched
+    (tmp_path / "model_best.pth").write_bytes(b"")
+    assert steps.drop_intermediate_checkpoints(str(tmp_path)) == ["model_0000001.pth"]
+    assert (tmp_path / "model_best.pth").exists()
+
+
+def test_stage1_keeps_the_config_checkpoint_period(tmp_path):
+    """Long stage-1 runs checkpoint every SOLVER.CHECKPOINT_PERIOD of their config (resumable);
+    a run shorter than that checkpoints at its end only."""
+    from vcm_d2.pipeline import Run
+    from vcm_d2.pipeline.transvfc import stage1_cfg
+
+    run = Run(str(tmp_path), CONFIG_DIR, threads=1)
+    period = run.cfg("transvfc_stage1_slim_lambda4.yaml", "", run.extra).SOLVER.CHECKPOINT_PERIOD
+    assert stage1_cfg(run, 4, 4 * period, "").SOLVER.CHECKPOINT_PERIOD == period
+    assert stage1_cfg(run, 4, period // 2, "").SOLVER.CHECKPOINT_PERIOD == period // 2
+
+
 def test_train_refuses_a_finished_run_made_with_another_config(tmp_path):
     """A config change that keeps the output folder (e.g. wider latents) must not silently
     reuse the model trained before it; a key the old record lacks is not a conflict."""

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
@@ -179,6 +180,7 @@ def is_compressed(splits: Sequence[str], codecs: Sequence[str], qualities: Seque
 # ----------------------------------------------------------------------------- steps
 # Config keys that do not change what training produces (where it runs, how often it saves or
 # evaluates, what it is evaluated on); left out of the run record's config.
+INTERMEDIATE_CHECKPOINT = re.compile(r"model_\d{7}\.pth")  # detectron2's PeriodicCheckpointer
 RECORD_IGNORED_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "DATASETS.TEST",
                        "SOLVER.CHECKPOINT_PERIOD", "TEST.", "VIS_PERIOD", "CUDNN_BENCHMARK")
 
@@ -271,8 +273,19 @@ def train(cfg) -> str:
         trainer = VCMTrainer(cfg)
         trainer.resume_or_load(resume=True)  # picks up an interrupted run's last checkpoint
         trainer.train()
+        if comm.is_main_process():
+            drop_intermediate_checkpoints(cfg.OUTPUT_DIR)
         atomic_write_json(record_path, record)
     return final
+
+
+def drop_intermediate_checkpoints(output_dir: str) -> List[str]:
+    """Delete the periodic checkpoints (detectron2's ``model_<iteration>.pth``) of a finished
+    run, which only serve to resume it: model_final.pth stays. Returns the deleted names."""
+    names = sorted(n for n in os.listdir(output_dir) if INTERMEDIATE_CHECKPOINT.fullmatch(n))
+    for name in names:
+        os.remove(os.path.join(output_dir, name))
+    return names
 
 
 def evaluate(cfg, weights: str, datasets: Sequence[str], cache_file: str) -> Dict[str, Dict]:

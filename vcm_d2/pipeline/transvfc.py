@@ -202,7 +202,10 @@ def stage1_cfg(run: Run, lam: float, iters: int, weights: str):
     ends = scaled_stage_ends(cfg.MODEL.VCM.TRANSVFC.STAGE_ENDS, iters)
     cfg.merge_from_list(["SOLVER.MAX_ITER", iters, "MODEL.VCM.TRANSVFC.STAGE_ENDS", ends,
                          "SOLVER.WARMUP_ITERS", min(cfg.SOLVER.WARMUP_ITERS, ends[0]),
-                         "SOLVER.CHECKPOINT_PERIOD", iters, "MODEL.WEIGHTS", weights])
+                         # the config's period: a long run killed midway resumes (``train``
+                         # drops the intermediate checkpoints once the run has finished)
+                         "SOLVER.CHECKPOINT_PERIOD", min(cfg.SOLVER.CHECKPOINT_PERIOD, iters),
+                         "MODEL.WEIGHTS", weights])
     cfg.OUTPUT_DIR = os.path.join(run.out, "stage1", f"lambda{lam:g}_{iters}it")
     return cfg
 
