@@ -178,9 +178,10 @@ def is_compressed(splits: Sequence[str], codecs: Sequence[str], qualities: Seque
 
 
 # ----------------------------------------------------------------------------- steps
+# Periodic checkpoints of detectron2 (model_<iteration>.pth), dropped once a training has finished.
+INTERMEDIATE_CHECKPOINT = re.compile(r"model_\d{7}\.pth")
 # Config keys that do not change what training produces (where it runs, how often it saves or
 # evaluates, what it is evaluated on); left out of the run record's config.
-INTERMEDIATE_CHECKPOINT = re.compile(r"model_\d{7}\.pth")  # detectron2's PeriodicCheckpointer
 RECORD_IGNORED_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "DATASETS.TEST",
                        "SOLVER.CHECKPOINT_PERIOD", "TEST.", "VIS_PERIOD", "CUDNN_BENCHMARK")
 
