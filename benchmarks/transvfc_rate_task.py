@@ -50,9 +50,9 @@ from vcm_d2.pipeline.seeds import (SPREAD_FILE, SeedSpread, bd_values_against, m
                                    seed_links, write_spread_report)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, EVAL_SPLIT, PIXEL_METHOD, TASKS, TRANSVFC,
                                       PixelCodecs, add_pixel_codec_arguments,
-                                      add_stage1_arguments, eval_set, figure_rows_vs_pixels, pixel_cfg,
-                                      stage1_schedule, train_stage1, train_stage2,
-                                      train_task_networks, transvfc_curve)
+                                      add_stage1_arguments, eval_set, figure_rows_vs_pixels,
+                                      pixel_anchor, pixel_cfg, stage1_schedule, train_stage1,
+                                      train_stage2, train_task_networks, transvfc_curve)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 
@@ -260,9 +260,8 @@ def run_seed(args, seed: int, output: str, compressed_root: str, pixel: PixelCod
     lines += ["", "Points (quality = CRF, QP or lambda_R):", "",
               points_table(curves, by_quality=False)]
     lines += figure_lines + ["", run.times.line()]
-    anchor = {task: f"{'x265' if 'x265' in args.codecs else args.codecs[0]}/{PIXEL_METHOD}"
-              for task in args.tasks}
-    report = write_report(curves, anchor=anchor, output_dir=report_dir, plot_by="task",
+    report = write_report(curves, anchor=pixel_anchor(args.codecs, args.tasks),
+                          output_dir=report_dir, plot_by="task",
                           title="TransVFC vs pixel codecs (synthetic benchmark)",
                           preamble="\n".join(lines))
     logger.info("report written to %s", report)

@@ -54,8 +54,9 @@ from vcm_d2.pipeline.report import (bd_table, curve_from, figure_rows, points_ta
                                     strongest_point_lines, write_figures)
 from vcm_d2.pipeline.transvfc import (DEFAULT_LAMBDAS, TASK_NETWORK_CONFIG, TRANSVFC, PixelCodecs,
                                       add_pixel_codec_arguments, add_stage1_arguments,
-                                      figure_rows_vs_pixels, stage1_schedule, train_stage1,
-                                      train_stage2, train_task_networks, transvfc_curve)
+                                      figure_rows_vs_pixels, pixel_anchor, stage1_schedule,
+                                      train_stage1, train_stage2, train_task_networks,
+                                      transvfc_curve)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic")
 TRAIN_SET = "vcm_synth_vis_train"
@@ -241,8 +242,8 @@ def main(argv=None):
                 step="figures_transvfc")
         lines += ["", times.line()]
         reports.append(write_report(
-            curves, anchor=codec_anchor(curves, codecs), output_dir=os.path.join(out, "transvfc"),
-            plot_by="task", preamble="\n".join(lines),
+            curves, anchor=pixel_anchor(codecs, {c.task for c in curves}), plot_by="task",
+            output_dir=os.path.join(out, "transvfc"), preamble="\n".join(lines),
             title="Video instance segmentation: TransVFC vs pixel codecs (synthetic VIS)"))
     else:  # the TransVFC report is the one listing every pixel codec (learned ones too)
         reports.append(direct_report(os.path.join(out, ANCHOR_METHOD), direct_curves, codecs,
@@ -252,20 +253,14 @@ def main(argv=None):
     return reports
 
 
-def codec_anchor(curves, codecs) -> dict:
-    """{task: anchor curve name}: the direct test of x265 (else of the first codec)."""
-    anchor_codec = "x265" if "x265" in codecs else codecs[0]
-    return {c.task: f"{anchor_codec}/{ANCHOR_METHOD}" for c in curves}
-
-
 def direct_report(out: str, curves, codecs, preamble) -> str:
     """OUTPUT/direct/report.md: the VIS network on every pixel codec's decoded videos, each
     codec against the anchor codec (a run without TransVFC and conditions, whose report would
     otherwise hold these curves)."""
     lines = list(preamble) + ["", "Points (quality = CRF, QP or quality index):", "",
                               points_table(curves, by_quality=False)]
-    return write_report(curves, anchor=codec_anchor(curves, codecs), output_dir=out,
-                        plot_by="task", preamble="\n".join(lines),
+    return write_report(curves, anchor=pixel_anchor(codecs, {c.task for c in curves}),
+                        output_dir=out, plot_by="task", preamble="\n".join(lines),
                         title="Video instance segmentation: the direct test of each pixel codec "
                               "(synthetic VIS)")
 

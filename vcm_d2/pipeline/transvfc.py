@@ -125,6 +125,13 @@ class PixelCodecs:
                 f"{self.gop}){learned}")
 
 
+def pixel_anchor(codecs: Sequence[str], tasks) -> Dict[str, str]:
+    """{task: anchor curve name} of a report comparing pixel codecs: the direct test of x265,
+    else of the first of ``codecs``."""
+    codec = "x265" if "x265" in codecs else codecs[0]
+    return {task: f"{codec}/{PIXEL_METHOD}" for task in tasks}
+
+
 # ----------------------------------------------------------------------------- schedules
 def add_stage1_arguments(parser: argparse.ArgumentParser) -> None:
     """--stage1-iters, --finetune-iters and --lambda-iters: the stage-1 chain's schedule (the
